@@ -1,0 +1,14 @@
+//! usaged: a per-core event-loop HTTP server for the usages API (`../shared/API.md`).
+//!
+//! How a request flows: a worker thread ([`server::worker`]) waits on its own `mio` poll and
+//! `SO_REUSEPORT` listener. When a connection is readable, [`server::conn`] makes one `read` into
+//! the connection's buffer, then [`http::request`] frames every complete request in it (head via
+//! `httparse`, body by `Content-Length` or [`http::chunked`]) without copying, [`app::router`]
+//! picks the route, [`json::scan`] and [`time::parse`] validate a posted usage, and
+//! [`store::arena`] appends it to this worker's stripe and hands out its id. Each answer is
+//! appended to the worker's output buffer ([`http::response`]); after the last complete request
+//! the whole batch leaves in one `write`.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
+pub mod time;
