@@ -12,4 +12,5 @@
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod json;
+pub mod store;
 pub mod time;

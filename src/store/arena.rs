@@ -1,0 +1,305 @@
+//! One append-only arena per worker ("stripe"): fixed-size records of three words, and a
+//! table of interned strings (medications, and patient ids longer than 8 bytes).
+//!
+//! Protocol (one writer per stripe, any number of readers, no locks):
+//! - Only the stripe's [`StripeWriter`] (not `Clone`, one per stripe) writes. It fills a record's
+//!   words and any string it interned with `Relaxed` stores, *then* publishes the new record
+//!   count with a `Release` store to `len`.
+//! - A reader loads `len` with `Acquire` and reads only slots below it; everything the writer did
+//!   before that `Release` (chunk allocation, string bytes, record words) is visible to it.
+//! - Chunks are allocated once, through `OnceLock` (itself release/acquire), and never move or
+//!   free while the store lives. Words are atomics, so even a reader that broke the protocol
+//!   could see stale values but never undefined behaviour.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::ids;
+use crate::json::scan::{Patient, Usage};
+use crate::time::Timestamp;
+
+const WORDS_PER_RECORD: usize = 3;
+const RECORD_CHUNK_BITS: u32 = 16;
+/// Records per chunk (1.5 MiB of words per chunk).
+const RECORDS_PER_CHUNK: u64 = 1 << RECORD_CHUNK_BITS;
+/// Record chunks per stripe: 2^30 usages per stripe at most.
+const RECORD_CHUNKS: usize = 1 << 14;
+const STRING_CHUNK_WORDS: u64 = 1 << 16;
+/// String chunks per stripe: 2 GiB of strings per stripe at most.
+const STRING_CHUNKS: usize = 1 << 12;
+/// Strings stored in a record's patient word instead of the string table.
+const INLINE_MAX: usize = 8;
+
+/// The arena is full: this stripe cannot take another usage (`503`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreFull;
+
+type Chunk = OnceLock<Box<[AtomicU64]>>;
+
+fn new_chunk(words: u64) -> Box<[AtomicU64]> {
+    (0..words).map(|_| AtomicU64::new(0)).collect()
+}
+
+/// One stripe's shared half: what readers see.
+struct Stripe {
+    /// Records published; slots below it are complete. Written only by the stripe's writer.
+    len: AtomicU64,
+    records: Box<[Chunk]>,
+    strings: Box<[Chunk]>,
+}
+
+impl Stripe {
+    fn new() -> Self {
+        Stripe {
+            len: AtomicU64::new(0),
+            records: (0..RECORD_CHUNKS).map(|_| OnceLock::new()).collect(),
+            strings: (0..STRING_CHUNKS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn word(chunks: &[Chunk], chunk_words: u64, at: u64) -> u64 {
+        let chunk = chunks[(at / chunk_words) as usize]
+            .get()
+            .expect("published data lies in an allocated chunk");
+        chunk[(at % chunk_words) as usize].load(Ordering::Relaxed)
+    }
+
+    /// The string interned at word `at`, copied into `out`; its length.
+    fn string(&self, at: u64, out: &mut [u8; 64]) -> usize {
+        let len = Self::word(&self.strings, STRING_CHUNK_WORDS, at) as usize;
+        for (i, piece) in out[..len].chunks_mut(8).enumerate() {
+            let w = Self::word(&self.strings, STRING_CHUNK_WORDS, at + 1 + i as u64).to_le_bytes();
+            piece.copy_from_slice(&w[..piece.len()]);
+        }
+        len
+    }
+}
+
+/// Every stripe of the process; shared by all workers behind an `Arc`.
+pub struct Store {
+    stripes: Box<[Stripe]>,
+}
+
+/// A stored usage, copied out of the arena (strings at most 64 bytes, so no allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredUsage {
+    pub patient: StoredPatient,
+    pub timestamp: Timestamp,
+    medication: ([u8; 64], usize),
+}
+
+/// `patientId` in the type it came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredPatient {
+    Num(u64),
+    Str([u8; 64], usize),
+}
+
+impl StoredUsage {
+    pub fn medication(&self) -> &[u8] {
+        &self.medication.0[..self.medication.1]
+    }
+}
+
+const TAG_NUM: u64 = 0;
+const TAG_INLINE: u64 = 1;
+const TAG_INTERNED: u64 = 2;
+
+impl Store {
+    /// A store of `stripes` empty stripes (one per worker).
+    pub fn new(stripes: u32) -> Self {
+        assert!(stripes > 0, "at least one stripe");
+        Store { stripes: (0..stripes).map(|_| Stripe::new()).collect() }
+    }
+
+    pub fn stripes(&self) -> u32 {
+        self.stripes.len() as u32
+    }
+
+    /// Usages published so far, over all stripes.
+    pub fn len(&self) -> u64 {
+        self.stripes.iter().map(|s| s.len.load(Ordering::Acquire)).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The usage with `id`, from whichever stripe holds it; `None` if it was never stored.
+    pub fn get(&self, id: u64) -> Option<StoredUsage> {
+        let (stripe, slot) = ids::locate(id, self.stripes())?;
+        let s = &self.stripes[stripe as usize];
+        if slot >= s.len.load(Ordering::Acquire) {
+            return None;
+        }
+        let base = slot * WORDS_PER_RECORD as u64;
+        let per_chunk = RECORDS_PER_CHUNK * WORDS_PER_RECORD as u64;
+        let [w0, w1, w2] = [0, 1, 2].map(|i| Stripe::word(&s.records, per_chunk, base + i));
+        let mut med = [0; 64];
+        let med_len = s.string(w2 & 0xffff_ffff, &mut med);
+        let patient = match w2 >> 48 & 3 {
+            TAG_NUM => StoredPatient::Num(w1),
+            TAG_INLINE => {
+                let mut p = [0; 64];
+                let n = (w2 >> 52) as usize;
+                p[..n].copy_from_slice(&w1.to_le_bytes()[..n]);
+                StoredPatient::Str(p, n)
+            }
+            _ => {
+                let mut p = [0; 64];
+                let n = s.string(w1, &mut p);
+                StoredPatient::Str(p, n)
+            }
+        };
+        Some(StoredUsage {
+            patient,
+            timestamp: Timestamp { ms: w0 as i64, offset_min: (w2 >> 32) as u16 as i16 },
+            medication: (med, med_len),
+        })
+    }
+
+    /// The writer for `stripe`. Call once per stripe: two writers for one stripe would hand out
+    /// the same ids (the worker setup in `server` makes exactly one each).
+    pub fn writer(self: &std::sync::Arc<Self>, stripe: u32) -> StripeWriter {
+        assert!(stripe < self.stripes(), "stripe in range");
+        StripeWriter {
+            store: std::sync::Arc::clone(self),
+            stripe,
+            next: self.stripes[stripe as usize].len.load(Ordering::Acquire),
+            string_words: 0,
+            interned: Vec::new(),
+            interned_count: 0,
+        }
+    }
+}
+
+/// The one writer of a stripe, owned by its worker thread.
+pub struct StripeWriter {
+    store: std::sync::Arc<Store>,
+    stripe: u32,
+    /// Records written; equals the stripe's published `len`.
+    next: u64,
+    /// Next free word of the string table.
+    string_words: u64,
+    /// Open-addressing intern table: `hash << 32 | (word index + 1)`, 0 when empty.
+    interned: Vec<u64>,
+    interned_count: usize,
+}
+
+impl StripeWriter {
+    fn stripe(&self) -> &Stripe {
+        &self.store.stripes[self.stripe as usize]
+    }
+
+    /// Store `u` and return its id. The single place a usage enters the store: the journal
+    /// hooks in here.
+    pub fn append(&mut self, u: &Usage<'_>) -> Result<u64, StoreFull> {
+        let slot = self.next;
+        if slot >= RECORDS_PER_CHUNK * RECORD_CHUNKS as u64 {
+            return Err(StoreFull);
+        }
+        let med = self.intern(u.medication)?;
+        let (tag, len, patient) = match u.patient {
+            Patient::Num(n) => (TAG_NUM, 0, n),
+            Patient::Str(s) if s.len() <= INLINE_MAX => {
+                let mut w = [0; 8];
+                w[..s.len()].copy_from_slice(s);
+                (TAG_INLINE, s.len() as u64, u64::from_le_bytes(w))
+            }
+            Patient::Str(s) => (TAG_INTERNED, 0, self.intern(s)?),
+        };
+        let w2 = med | u64::from(u.timestamp.offset_min as u16) << 32 | tag << 48 | len << 52;
+        let stripe = &self.store.stripes[self.stripe as usize];
+        let chunk = stripe.records[(slot >> RECORD_CHUNK_BITS) as usize]
+            .get_or_init(|| new_chunk(RECORDS_PER_CHUNK * WORDS_PER_RECORD as u64));
+        let base = (slot % RECORDS_PER_CHUNK) as usize * WORDS_PER_RECORD;
+        for (i, w) in [u.timestamp.ms as u64, patient, w2].into_iter().enumerate() {
+            chunk[base + i].store(w, Ordering::Relaxed);
+        }
+        self.next = slot + 1;
+        // Publish: everything above happens-before any reader's Acquire load that sees it.
+        stripe.len.store(self.next, Ordering::Release);
+        Ok(ids::id_of(self.stripe, slot, self.store.stripes()))
+    }
+
+    /// The word index of `s` in the string table, adding it the first time it is seen.
+    fn intern(&mut self, s: &[u8]) -> Result<u64, StoreFull> {
+        let hash = hash(s);
+        if self.interned_count * 2 >= self.interned.len() {
+            self.grow_interned();
+        }
+        let mask = self.interned.len() - 1;
+        let mut i = hash as usize & mask;
+        loop {
+            let e = self.interned[i];
+            if e == 0 {
+                break;
+            }
+            if e >> 32 == u64::from(hash) {
+                let at = (e & 0xffff_ffff) - 1;
+                let mut buf = [0; 64];
+                let n = self.stripe().string(at, &mut buf);
+                if &buf[..n] == s {
+                    return Ok(at);
+                }
+            }
+            i = (i + 1) & mask;
+        }
+        let at = self.push_string(s)?;
+        self.interned[i] = u64::from(hash) << 32 | (at + 1);
+        self.interned_count += 1;
+        Ok(at)
+    }
+
+    #[cold]
+    fn grow_interned(&mut self) {
+        let size = (self.interned.len() * 2).max(64);
+        let old = std::mem::replace(&mut self.interned, vec![0; size]);
+        let mask = self.interned.len() - 1;
+        for e in old.into_iter().filter(|&e| e != 0) {
+            let mut i = (e >> 32) as usize & mask;
+            while self.interned[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            self.interned[i] = e;
+        }
+    }
+
+    /// Append `s` (at most 64 bytes) to the string table; its word index.
+    fn push_string(&mut self, s: &[u8]) -> Result<u64, StoreFull> {
+        let words = 1 + s.len().div_ceil(8) as u64;
+        let mut at = self.string_words;
+        if at % STRING_CHUNK_WORDS + words > STRING_CHUNK_WORDS {
+            at = at.next_multiple_of(STRING_CHUNK_WORDS);
+        }
+        if at + words > STRING_CHUNK_WORDS * STRING_CHUNKS as u64 || at + words >= u32::MAX as u64 {
+            return Err(StoreFull);
+        }
+        let chunk = self.stripe().strings[(at / STRING_CHUNK_WORDS) as usize]
+            .get_or_init(|| new_chunk(STRING_CHUNK_WORDS));
+        let base = (at % STRING_CHUNK_WORDS) as usize;
+        chunk[base].store(s.len() as u64, Ordering::Relaxed);
+        for (i, piece) in s.chunks(8).enumerate() {
+            let mut w = [0; 8];
+            w[..piece.len()].copy_from_slice(piece);
+            chunk[base + 1 + i].store(u64::from_le_bytes(w), Ordering::Relaxed);
+        }
+        self.string_words = at + words;
+        Ok(at)
+    }
+}
+
+/// A small multiplicative hash (FxHash-like); the table is private to one writer, so no
+/// flooding concern beyond longer probes.
+fn hash(s: &[u8]) -> u32 {
+    let mut h: u64 = s.len() as u64;
+    for piece in s.chunks(8) {
+        let mut w = [0; 8];
+        w[..piece.len()].copy_from_slice(piece);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    (h >> 32) as u32
+}
+
+#[cfg(test)]
+mod tests;

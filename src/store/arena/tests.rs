@@ -1,0 +1,141 @@
+use super::*;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// The usage stored at `slot` in the stress tests: content is a pure function of the slot.
+fn usage_for(slot: u64, patient: &mut String, med: &mut String) -> (Timestamp, u64) {
+    patient.clear();
+    med.clear();
+    use std::fmt::Write;
+    match slot % 3 {
+        0 => {}
+        1 => write!(patient, "p{}", slot % 1000).unwrap(),
+        _ => write!(patient, "a-long-patient-name-{}", slot % 5000).unwrap(),
+    }
+    write!(med, "Medication-{}", slot % 97).unwrap();
+    (Timestamp { ms: slot as i64 * 1000 - 5, offset_min: (slot % 2161) as i16 - 1080 }, slot * 7)
+}
+
+fn check(got: StoredUsage, slot: u64) {
+    let (mut p, mut m) = (String::new(), String::new());
+    let (ts, num) = usage_for(slot, &mut p, &mut m);
+    assert_eq!(got.timestamp, ts, "slot {slot}");
+    assert_eq!(got.medication(), m.as_bytes(), "slot {slot}");
+    match got.patient {
+        StoredPatient::Num(n) => assert!(p.is_empty() && n == num, "slot {slot}"),
+        StoredPatient::Str(b, n) => assert_eq!(&b[..n], p.as_bytes(), "slot {slot}"),
+    }
+}
+
+fn append(w: &mut StripeWriter, slot: u64) -> u64 {
+    let (mut p, mut m) = (String::new(), String::new());
+    let (timestamp, num) = usage_for(slot, &mut p, &mut m);
+    let patient = if p.is_empty() { Patient::Num(num) } else { Patient::Str(p.as_bytes()) };
+    w.append(&Usage { patient, timestamp, medication: m.as_bytes() }).unwrap()
+}
+
+#[test]
+fn round_trip_across_stripes() {
+    let store = Arc::new(Store::new(3));
+    let mut writers: Vec<_> = (0..3).map(|s| store.writer(s)).collect();
+    let mut ids = Vec::new();
+    for slot in 0..1000 {
+        for (s, w) in writers.iter_mut().enumerate() {
+            let id = append(w, slot);
+            assert_eq!(id, ids::id_of(s as u32, slot, 3));
+            ids.push((id, slot));
+        }
+    }
+    assert_eq!(store.len(), 3000);
+    for (id, slot) in ids {
+        check(store.get(id).unwrap(), slot);
+    }
+    assert!(store.get(0).is_none());
+    assert!(store.get(3001).is_none(), "never stored");
+}
+
+#[test]
+fn edge_strings() {
+    let store = Arc::new(Store::new(1));
+    let mut w = store.writer(0);
+    let sixty_four = "é".repeat(32);
+    for (patient, med) in [("12345678", "A"), ("123456789", "\"quoted\"\n"), (sixty_four.as_str(), sixty_four.as_str())] {
+        let ts = Timestamp { ms: -1, offset_min: -1080 };
+        let id = w.append(&Usage { patient: Patient::Str(patient.as_bytes()), timestamp: ts, medication: med.as_bytes() }).unwrap();
+        let got = store.get(id).unwrap();
+        assert_eq!(got.medication(), med.as_bytes());
+        assert_eq!(got.timestamp, ts);
+        assert!(matches!(got.patient, StoredPatient::Str(b, n) if &b[..n] == patient.as_bytes()));
+    }
+    let id = w.append(&Usage { patient: Patient::Num((1 << 53) - 1), timestamp: Timestamp { ms: 0, offset_min: 0 }, medication: b"A" }).unwrap();
+    assert_eq!(store.get(id).unwrap().patient, StoredPatient::Num((1 << 53) - 1));
+}
+
+#[test]
+fn string_table_crosses_chunks_and_interns() {
+    let store = Arc::new(Store::new(1));
+    let mut w = store.writer(0);
+    // 20,000 distinct 64-byte strings fill 9 words each: several string chunks.
+    let name = |i: u64| format!("{i:064}");
+    let ids: Vec<u64> = (0..20_000)
+        .map(|i| {
+            let m = name(i);
+            let u = Usage { patient: Patient::Num(i), timestamp: Timestamp { ms: 0, offset_min: 0 }, medication: m.as_bytes() };
+            w.append(&u).unwrap()
+        })
+        .collect();
+    let words_after_first_pass = w.string_words;
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(store.get(*id).unwrap().medication(), name(i as u64).as_bytes());
+    }
+    // The same strings again are interned: the table does not grow.
+    for i in 0..20_000 {
+        let m = name(i);
+        w.append(&Usage { patient: Patient::Num(i), timestamp: Timestamp { ms: 0, offset_min: 0 }, medication: m.as_bytes() }).unwrap();
+    }
+    assert_eq!(w.string_words, words_after_first_pass);
+}
+
+/// Readers on other threads race the writer across chunk boundaries; every slot they can see
+/// below the published length must be complete. A publish before the record is written, or a
+/// chunk not yet visible, fails here.
+#[test]
+fn concurrent_readers_see_only_complete_records() {
+    const N: u64 = 3 * RECORDS_PER_CHUNK + 1000;
+    let store = Arc::new(Store::new(2));
+    let done = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|r| {
+            let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut checked = 0u64;
+                let mut probe = r as u64;
+                while !done.load(Ordering::Acquire) || probe < N {
+                    let len = store.stripes[1].len.load(Ordering::Acquire);
+                    if len == 0 {
+                        continue;
+                    }
+                    // The newest record, and one further back.
+                    for slot in [len - 1, probe % len] {
+                        check(store.get(ids::id_of(1, slot, 2)).expect("published"), slot);
+                        checked += 1;
+                    }
+                    probe += 7919;
+                    if len == N && probe >= N {
+                        break;
+                    }
+                }
+                checked
+            })
+        })
+        .collect();
+    let mut w = store.writer(1);
+    for slot in 0..N {
+        append(&mut w, slot);
+    }
+    done.store(true, Ordering::Release);
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+    assert!(store.get(ids::id_of(1, N, 2)).is_none());
+}

@@ -1,0 +1,9 @@
+//! Where usages live: striped ids ([`ids`]) and one append-only arena per worker ([`arena`]).
+//! The arena is the one place another thread reads; it does so without locks and without
+//! `unsafe`, through atomics whose protocol is written beside them.
+#![forbid(unsafe_code)]
+
+pub mod arena;
+pub mod ids;
+
+pub use arena::{Store, StoreFull, StoredUsage, StripeWriter};
