@@ -1,0 +1,80 @@
+//! The API itself: which route a request names ([`router`]) and what each answers
+//! ([`usages`], [`health`]). Bytes in, bytes appended to the worker's output buffer.
+#![forbid(unsafe_code)]
+
+pub mod health;
+pub mod router;
+pub mod usages;
+
+use std::sync::Arc;
+
+use crate::http::date::DateCache;
+use crate::http::request::{Head, Method};
+use crate::http::response::{self, Extra, Persist};
+use crate::http::status::Reject;
+use crate::store::{Store, StripeWriter};
+pub use router::Route;
+
+/// One worker's view of the application: the shared store and its own stripe writer.
+pub struct App {
+    pub store: Arc<Store>,
+    pub writer: StripeWriter,
+}
+
+/// What the handler needs besides the request: where to write and how to end the answer.
+pub struct Answer<'a> {
+    pub out: &'a mut Vec<u8>,
+    pub date: &'a DateCache,
+    /// The connection closes after this answer whatever the request asked (draining).
+    pub force_close: bool,
+}
+
+impl App {
+    pub fn new(store: Arc<Store>, stripe: u32) -> Self {
+        let writer = store.writer(stripe);
+        App { store, writer }
+    }
+
+    /// Answer a complete request; returns whether the connection must close after it.
+    pub fn respond(&mut self, route: Result<Route, Reject>, head: &Head, body: &mut [u8], a: &mut Answer<'_>) -> bool {
+        let result = route.and_then(|route| match route {
+            Route::CreateUsage => usages::create(&mut self.writer, body, head, a),
+            Route::GetUsage(id) => usages::get(&self.store, id, head, a),
+            Route::Health => health::get(head, a),
+        });
+        match result {
+            Ok(close) => close,
+            Err(r) => reject(r, Some(head), a),
+        }
+    }
+}
+
+/// The `Connection` header for an answer that closes when `close`.
+pub fn persist(head: &Head, close: bool) -> Persist {
+    if close || !head.keep_alive {
+        Persist::Close
+    } else if head.http10 {
+        Persist::KeepAlive10
+    } else {
+        Persist::KeepAlive
+    }
+}
+
+/// Write the error answer for `r` (to `head`, when the head was understood); returns whether
+/// the connection must close.
+#[cold]
+pub fn reject(r: Reject, head: Option<&Head>, a: &mut Answer<'_>) -> bool {
+    let (status, reason, close_for_error) = r.parts();
+    let close = close_for_error || a.force_close || head.is_none_or(|h| !h.keep_alive);
+    let persist = match head {
+        Some(h) => persist(h, close),
+        None => Persist::Close,
+    };
+    let extra = match r {
+        Reject::MethodNotAllowed(allow) => Extra::Allow(allow),
+        _ => Extra::None,
+    };
+    let with_body = head.is_none_or(|h| h.method != Method::Head);
+    response::error(a.out, status, a.date.text(), reason, extra, persist, with_body);
+    close
+}
