@@ -12,7 +12,9 @@
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod app;
+pub mod config;
 pub mod http;
 pub mod json;
+pub mod server;
 pub mod store;
 pub mod time;

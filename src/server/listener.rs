@@ -1,0 +1,131 @@
+//! `SO_REUSEPORT` listeners through `libc`: the only socket `unsafe` in the crate. Every call
+//! goes through [`cvt`], and each fd is owned (`OwnedFd`) the moment it exists.
+
+use std::io;
+use std::mem;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// Pending connections the kernel queues per listener (capped by `net.core.somaxconn`).
+const BACKLOG: libc::c_int = 4096;
+
+/// `-1` from a libc call becomes the thread's last OS error.
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
+/// `count` listeners on `addr`, all on the same port: with port 0, the first one picks a free
+/// port and the others bind the port it got.
+pub fn bind_all(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> {
+    let mut addr = addr;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let l = bind_reuseport(addr)?;
+        addr = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// A non-blocking, close-on-exec listener with `SO_REUSEADDR` and `SO_REUSEPORT`.
+pub fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
+    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: `socket` takes no pointers; any return value is checked by `cvt`.
+    let fd = cvt(unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` was just returned by `socket`, is valid, and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        let one: libc::c_int = 1;
+        // SAFETY: the option value points at a live `c_int` and the length says exactly that.
+        cvt(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&raw const one).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
+    }
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: `storage` is a live, initialised `sockaddr_storage` holding a sockaddr of the
+    // family of `fd`, and `len` is that sockaddr's size, at most the storage's size.
+    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&raw const storage).cast(), len) })?;
+    // SAFETY: `listen` takes no pointers; `fd` is a valid socket.
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) })?;
+    Ok(TcpListener::from(fd))
+}
+
+/// `addr` as a C socket address and its length.
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: `sockaddr_storage` is plain old data; all-zero bytes are a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: `sockaddr_storage` is larger than and aligned for every sockaddr type.
+            unsafe { (&raw mut storage).cast::<libc::sockaddr_in>().write(sin) };
+            mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for `sockaddr_in6`.
+            unsafe { (&raw mut storage).cast::<libc::sockaddr_in6>().write(sin6) };
+            mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    /// If the sockaddr were built wrong (byte order, length), the listeners would not share
+    /// the requested address, or a client could not reach them.
+    #[test]
+    fn port_zero_resolves_once_and_all_listeners_share_it() {
+        let ls = bind_all("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let port = ls[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        for l in &ls {
+            assert_eq!(l.local_addr().unwrap(), SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"x").unwrap();
+        // The kernel put the connection on one of the listeners.
+        let accepted = loop {
+            if let Some(s) = ls.iter().find_map(|l| l.accept().ok()) {
+                break s;
+            }
+            std::thread::yield_now();
+        };
+        let mut s = accepted.0;
+        s.set_nonblocking(false).unwrap();
+        let mut b = [0];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"x");
+    }
+
+    #[test]
+    fn ipv6_loopback_and_errors() {
+        if let Ok(l) = bind_reuseport("[::1]:0".parse().unwrap()) {
+            assert!(l.local_addr().unwrap().is_ipv6());
+        }
+        // An address this machine does not have is an error, not a crash.
+        assert!(bind_reuseport("192.0.2.1:0".parse().unwrap()).is_err());
+    }
+}
