@@ -1,0 +1,114 @@
+//! The hot path allocates nothing in steady state: a counting global allocator watches the
+//! real connection state machine (`Conn::on_ready`: read → parse → handle → write) answer
+//! pipelined batches of posts and gets after a warm-up.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use usaged::app::App;
+use usaged::http::date::DateCache;
+use usaged::server::conn::{Conn, Ctx, DEFAULT_BUF, Limits, Next};
+use usaged::store::Store;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged; counting
+// touches only an atomic and a const-initialised thread-local (which never allocates).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: forwarded from our caller, who upholds `GlobalAlloc::alloc`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded from our caller, who upholds `GlobalAlloc::dealloc`'s contract.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: forwarded from our caller, who upholds `GlobalAlloc::realloc`'s contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Hands out the same batch on every readiness; swallows writes into a reused buffer.
+struct Loopback {
+    batch: Vec<u8>,
+    pending: bool,
+    written: usize,
+}
+
+impl Read for Loopback {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.pending {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.pending = false;
+        buf[..self.batch.len()].copy_from_slice(&self.batch);
+        Ok(self.batch.len())
+    }
+}
+
+impl Write for Loopback {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.written += data.len();
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+const POST: &str = "POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 98\r\n\r\n{\"patientId\":\"100\",\"timestamp\":\"Tue Nov 01 2016 09:11:51 GMT-0500 (CDT)\",\"medication\":\"Albuterol\"}";
+
+#[test]
+fn steady_state_requests_allocate_nothing() {
+    let store = Arc::new(Store::new(1));
+    let mut app = App::new(Arc::clone(&store), 0);
+    let mut out = Vec::with_capacity(64 * 1024);
+    let date = DateCache::default();
+    let mut conn = Conn::new(vec![0; DEFAULT_BUF].into_boxed_slice());
+    // 16 posts and 16 gets (a long patient id, so the intern table is used too), pipelined.
+    let long_post = POST.replace("\"100\"", "\"patient-with-a-long-identifier\"").replace("98", "125");
+    let mut batch = String::new();
+    for i in 0..16 {
+        batch.push_str(if i % 2 == 0 { POST } else { &long_post });
+        batch.push_str(&format!("GET /api/usages/{} HTTP/1.1\r\nHost: x\r\n\r\n", i + 1));
+    }
+    let mut sock = Loopback { batch: batch.into_bytes(), pending: false, written: 0 };
+    let limits = Limits { max_header: 8192, max_body: 65536 };
+    let mut run = |sock: &mut Loopback, n: usize| {
+        for _ in 0..n {
+            sock.pending = true;
+            let mut ctx = Ctx { app: &mut app, out: &mut out, date: &date, limits, draining: false };
+            assert_eq!(conn.on_ready(sock, &mut ctx, true), Next::Keep);
+        }
+    };
+    run(&mut sock, 100);
+    let before = sock.written;
+    COUNTING.with(|c| c.set(true));
+    run(&mut sock, 1000);
+    COUNTING.with(|c| c.set(false));
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+    let requests = 1000 * 32;
+    println!("{allocations} allocations for {requests} requests ({} bytes answered)", sock.written - before);
+    // 17,600 usages stay inside the first arena chunk (65,536 records), so no growth either.
+    assert_eq!(store.len(), 1100 * 16);
+    assert_eq!(allocations, 0, "allocations per request after warm-up: {}", allocations as f64 / requests as f64);
+}
