@@ -49,10 +49,15 @@ pub enum Command {
 }
 
 /// Parse `args` (without the program name); `env_port` is `$PORT`.
-pub fn parse(args: impl IntoIterator<Item = String>, env_port: Option<&str>) -> Result<Command, String> {
+pub fn parse(
+    args: impl IntoIterator<Item = String>,
+    env_port: Option<&str>,
+) -> Result<Command, String> {
     let mut c = Config::default();
     if let Some(p) = env_port {
-        c.port = p.parse().map_err(|_| format!("invalid PORT environment variable: {p:?}"))?;
+        c.port = p
+            .parse()
+            .map_err(|_| format!("invalid PORT environment variable: {p:?}"))?;
     }
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -61,21 +66,29 @@ pub fn parse(args: impl IntoIterator<Item = String>, env_port: Option<&str>) -> 
             _ => (arg.clone(), None),
         };
         let mut value = |what: &str| -> Result<String, String> {
-            inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{flag} needs a value ({what})"))
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{flag} needs a value ({what})"))
         };
         match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "--no-pin" => c.pin = false,
             "--bind" => {
                 let v = value("an IP address")?;
-                c.bind = v.parse().map_err(|_| format!("invalid --bind {v:?}: not an IP address"))?;
+                c.bind = v
+                    .parse()
+                    .map_err(|_| format!("invalid --bind {v:?}: not an IP address"))?;
             }
             "--port" => c.port = number(&flag, &value("a port")?, 0, 65535)? as u16,
             "--threads" => c.threads = Some(number(&flag, &value("a count")?, 1, 1024)? as usize),
             "--max-body" => c.max_body = number(&flag, &value("bytes")?, 0, 1 << 30)? as usize,
-            "--max-header" => c.max_header = number(&flag, &value("bytes")?, 256, 1 << 20)? as usize,
+            "--max-header" => {
+                c.max_header = number(&flag, &value("bytes")?, 256, 1 << 20)? as usize
+            }
             "--shutdown-timeout" => {
-                c.shutdown_timeout = Duration::from_secs(number(&flag, &value("seconds")?, 0, 3600)?);
+                c.shutdown_timeout =
+                    Duration::from_secs(number(&flag, &value("seconds")?, 0, 3600)?);
             }
             _ => return Err(format!("unknown flag {arg:?} (see --help)")),
         }
@@ -86,7 +99,9 @@ pub fn parse(args: impl IntoIterator<Item = String>, env_port: Option<&str>) -> 
 fn number(flag: &str, v: &str, min: u64, max: u64) -> Result<u64, String> {
     match v.parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(format!("invalid {flag} {v:?}: expected an integer from {min} to {max}")),
+        _ => Err(format!(
+            "invalid {flag} {v:?}: expected an integer from {min} to {max}"
+        )),
     }
 }
 
@@ -101,12 +116,20 @@ mod tests {
     #[test]
     fn defaults_env_and_flags() {
         assert_eq!(parse(args(""), None), Ok(Command::Serve(Config::default())));
-        let Ok(Command::Serve(c)) = parse(args(""), Some("8080")) else { panic!() };
-        assert_eq!(c.port, 8080);
-        let Ok(Command::Serve(c)) = parse(args("--port 0 --threads 4 --no-pin --bind 127.0.0.1 --max-body=10 --max-header 1024"), Some("8080")) else {
+        let Ok(Command::Serve(c)) = parse(args(""), Some("8080")) else {
             panic!()
         };
-        assert_eq!((c.port, c.threads, c.pin, c.max_body, c.max_header), (0, Some(4), false, 10, 1024));
+        assert_eq!(c.port, 8080);
+        let Ok(Command::Serve(c)) = parse(
+            args("--port 0 --threads 4 --no-pin --bind 127.0.0.1 --max-body=10 --max-header 1024"),
+            Some("8080"),
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            (c.port, c.threads, c.pin, c.max_body, c.max_header),
+            (0, Some(4), false, 10, 1024)
+        );
         assert_eq!(c.bind, IpAddr::from([127, 0, 0, 1]));
         assert_eq!(parse(args("--help"), None), Ok(Command::Help));
     }

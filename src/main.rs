@@ -31,11 +31,17 @@ fn main() -> ExitCode {
     let running = match server::start(&config) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("usaged: cannot listen on {}:{}: {e}", config.bind, config.port);
+            eprintln!(
+                "usaged: cannot listen on {}:{}: {e}",
+                config.bind, config.port
+            );
             return ExitCode::FAILURE;
         }
     };
-    eprintln!("listening on {} ({} workers)", running.addr, running.workers);
+    eprintln!(
+        "listening on {} ({} workers)",
+        running.addr, running.workers
+    );
     match signals::wait_for_shutdown() {
         Ok(sig) => eprintln!("usaged: signal {sig}, draining"),
         Err(e) => eprintln!("usaged: sigwait failed: {e}; shutting down"),

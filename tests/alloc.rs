@@ -4,7 +4,6 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -85,18 +84,36 @@ fn steady_state_requests_allocate_nothing() {
     let date = DateCache::default();
     let mut conn = Conn::new(vec![0; DEFAULT_BUF].into_boxed_slice());
     // 16 posts and 16 gets (a long patient id, so the intern table is used too), pipelined.
-    let long_post = POST.replace("\"100\"", "\"patient-with-a-long-identifier\"").replace("98", "125");
+    let long_post = POST
+        .replace("\"100\"", "\"patient-with-a-long-identifier\"")
+        .replace("98", "125");
     let mut batch = String::new();
     for i in 0..16 {
         batch.push_str(if i % 2 == 0 { POST } else { &long_post });
-        batch.push_str(&format!("GET /api/usages/{} HTTP/1.1\r\nHost: x\r\n\r\n", i + 1));
+        batch.push_str(&format!(
+            "GET /api/usages/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+            i + 1
+        ));
     }
-    let mut sock = Loopback { batch: batch.into_bytes(), pending: false, written: 0 };
-    let limits = Limits { max_header: 8192, max_body: 65536 };
+    let mut sock = Loopback {
+        batch: batch.into_bytes(),
+        pending: false,
+        written: 0,
+    };
+    let limits = Limits {
+        max_header: 8192,
+        max_body: 65536,
+    };
     let mut run = |sock: &mut Loopback, n: usize| {
         for _ in 0..n {
             sock.pending = true;
-            let mut ctx = Ctx { app: &mut app, out: &mut out, date: &date, limits, draining: false };
+            let mut ctx = Ctx {
+                app: &mut app,
+                out: &mut out,
+                date: &date,
+                limits,
+                draining: false,
+            };
             assert_eq!(conn.on_ready(sock, &mut ctx, true), Next::Keep);
         }
     };
@@ -107,8 +124,16 @@ fn steady_state_requests_allocate_nothing() {
     COUNTING.with(|c| c.set(false));
     let allocations = ALLOCATIONS.load(Ordering::Relaxed);
     let requests = 1000 * 32;
-    println!("{allocations} allocations for {requests} requests ({} bytes answered)", sock.written - before);
+    println!(
+        "{allocations} allocations for {requests} requests ({} bytes answered)",
+        sock.written - before
+    );
     // 17,600 usages stay inside the first arena chunk (65,536 records), so no growth either.
     assert_eq!(store.len(), 1100 * 16);
-    assert_eq!(allocations, 0, "allocations per request after warm-up: {}", allocations as f64 / requests as f64);
+    assert_eq!(
+        allocations,
+        0,
+        "allocations per request after warm-up: {}",
+        allocations as f64 / requests as f64
+    );
 }

@@ -36,7 +36,13 @@ impl App {
     }
 
     /// Answer a complete request; returns whether the connection must close after it.
-    pub fn respond(&mut self, route: Result<Route, Reject>, head: &Head, body: &mut [u8], a: &mut Answer<'_>) -> bool {
+    pub fn respond(
+        &mut self,
+        route: Result<Route, Reject>,
+        head: &Head,
+        body: &mut [u8],
+        a: &mut Answer<'_>,
+    ) -> bool {
         let result = route.and_then(|route| match route {
             Route::CreateUsage => usages::create(&mut self.writer, body, head, a),
             Route::GetUsage(id) => usages::get(&self.store, id, head, a),
@@ -75,6 +81,14 @@ pub fn reject(r: Reject, head: Option<&Head>, a: &mut Answer<'_>) -> bool {
         _ => Extra::None,
     };
     let with_body = head.is_none_or(|h| h.method != Method::Head);
-    response::error(a.out, status, a.date.text(), reason, extra, persist, with_body);
+    response::error(
+        a.out,
+        status,
+        a.date.text(),
+        reason,
+        extra,
+        persist,
+        with_body,
+    );
     close
 }

@@ -47,7 +47,9 @@ fn parse_id(s: &[u8]) -> Option<u64> {
         return None;
     }
     s.iter()
-        .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+        .try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
         .filter(|&n| n > 0)
 }
 
@@ -57,7 +59,9 @@ mod tests {
     use crate::http::request::{Parsed, parse_head};
 
     fn route_of(req: &str) -> Result<Route, Reject> {
-        let Parsed::Head(h) = parse_head(req.as_bytes(), 8192, 65536) else { panic!("{req}") };
+        let Parsed::Head(h) = parse_head(req.as_bytes(), 8192, 65536) else {
+            panic!("{req}")
+        };
         route(&h, &req.as_bytes()[h.path.0..h.path.1])
     }
 
@@ -65,24 +69,79 @@ mod tests {
     fn table() {
         let json = "Content-Type: application/json\r\nContent-Length: 2\r\n";
         let rows: Vec<(String, Result<Route, Reject>)> = vec![
-            (format!("POST /api/usages HTTP/1.1\r\nHost: x\r\n{json}\r\n"), Ok(Route::CreateUsage)),
-            (format!("POST /api/usages?x HTTP/1.1\r\nHost: x\r\n{json}\r\n"), Ok(Route::CreateUsage)),
-            ("POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n".into(), Err(Reject::LengthRequired)),
-            ("POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n".into(), Err(Reject::UnsupportedMediaType)),
-            ("GET /api/usages HTTP/1.1\r\nHost: x\r\n\r\n".into(), Err(Reject::MethodNotAllowed(POST_ONLY))),
-            ("GET /api/usages/17 HTTP/1.1\r\nHost: x\r\n\r\n".into(), Ok(Route::GetUsage(Some(17)))),
-            ("HEAD /api/usages/017 HTTP/1.1\r\nHost: x\r\n\r\n".into(), Ok(Route::GetUsage(Some(17)))),
-            ("GET /api/usages/0 HTTP/1.1\r\nHost: x\r\n\r\n".into(), Ok(Route::GetUsage(None))),
-            ("GET /api/usages/-1 HTTP/1.1\r\nHost: x\r\n\r\n".into(), Ok(Route::GetUsage(None))),
-            ("GET /api/usages/99999999999999999999 HTTP/1.1\r\nHost: x\r\n\r\n".into(), Ok(Route::GetUsage(None))),
-            ("DELETE /api/usages/1 HTTP/1.1\r\nHost: x\r\n\r\n".into(), Err(Reject::MethodNotAllowed(READ_ONLY))),
-            ("GET /api/usages/1/x HTTP/1.1\r\nHost: x\r\n\r\n".into(), Err(Reject::NotFound)),
-            ("GET /api/usages/ HTTP/1.1\r\nHost: x\r\n\r\n".into(), Err(Reject::NotFound)),
-            ("GET /health HTTP/1.1\r\nHost: x\r\n\r\n".into(), Ok(Route::Health)),
-            ("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n".into(), Ok(Route::Health)),
-            ("POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".into(), Err(Reject::MethodNotAllowed(READ_ONLY))),
-            ("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n".into(), Err(Reject::NotFound)),
-            ("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".into(), Err(Reject::NotFound)),
+            (
+                format!("POST /api/usages HTTP/1.1\r\nHost: x\r\n{json}\r\n"),
+                Ok(Route::CreateUsage),
+            ),
+            (
+                format!("POST /api/usages?x HTTP/1.1\r\nHost: x\r\n{json}\r\n"),
+                Ok(Route::CreateUsage),
+            ),
+            (
+                "POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n"
+                    .into(),
+                Err(Reject::LengthRequired),
+            ),
+            (
+                "POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n".into(),
+                Err(Reject::UnsupportedMediaType),
+            ),
+            (
+                "GET /api/usages HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+                Err(Reject::MethodNotAllowed(POST_ONLY)),
+            ),
+            (
+                "GET /api/usages/17 HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+                Ok(Route::GetUsage(Some(17))),
+            ),
+            (
+                "HEAD /api/usages/017 HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+                Ok(Route::GetUsage(Some(17))),
+            ),
+            (
+                "GET /api/usages/0 HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+                Ok(Route::GetUsage(None)),
+            ),
+            (
+                "GET /api/usages/-1 HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+                Ok(Route::GetUsage(None)),
+            ),
+            (
+                "GET /api/usages/99999999999999999999 HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+                Ok(Route::GetUsage(None)),
+            ),
+            (
+                "DELETE /api/usages/1 HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+                Err(Reject::MethodNotAllowed(READ_ONLY)),
+            ),
+            (
+                "GET /api/usages/1/x HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+                Err(Reject::NotFound),
+            ),
+            (
+                "GET /api/usages/ HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+                Err(Reject::NotFound),
+            ),
+            (
+                "GET /health HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+                Ok(Route::Health),
+            ),
+            (
+                "HEAD / HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+                Ok(Route::Health),
+            ),
+            (
+                "POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".into(),
+                Err(Reject::MethodNotAllowed(READ_ONLY)),
+            ),
+            (
+                "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+                Err(Reject::NotFound),
+            ),
+            (
+                "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+                Err(Reject::NotFound),
+            ),
         ];
         for (req, want) in rows {
             assert_eq!(route_of(&req), want, "{req:?}");

@@ -11,7 +11,12 @@ use crate::store::{Store, StoreFull, StripeWriter};
 use crate::time::rfc3339;
 
 /// Validate the body, store the usage, answer `201`. Returns whether to close.
-pub fn create(w: &mut StripeWriter, body: &mut [u8], head: &Head, a: &mut Answer<'_>) -> Result<bool, Reject> {
+pub fn create(
+    w: &mut StripeWriter,
+    body: &mut [u8],
+    head: &Head,
+    a: &mut Answer<'_>,
+) -> Result<bool, Reject> {
     let usage = scan::scan_usage(body).map_err(|e| Reject::BadBody(json_reason(e)))?;
     let id = w
         .append(&usage)
@@ -20,7 +25,15 @@ pub fn create(w: &mut StripeWriter, body: &mut [u8], head: &Head, a: &mut Answer
     let digits = num.format(id).as_bytes();
     let p = persist(head, a.force_close);
     let status = b"HTTP/1.1 201 Created\r\n";
-    response::head(a.out, status, a.date.text(), response::JSON, 7 + digits.len(), Extra::Location(id), p);
+    response::head(
+        a.out,
+        status,
+        a.date.text(),
+        response::JSON,
+        7 + digits.len(),
+        Extra::Location(id),
+        p,
+    );
     a.out.extend_from_slice(b"{\"id\":");
     a.out.extend_from_slice(digits);
     a.out.push(b'}');
@@ -28,7 +41,12 @@ pub fn create(w: &mut StripeWriter, body: &mut [u8], head: &Head, a: &mut Answer
 }
 
 /// The stored usage as `{"id":N,"patientId":…,"timestamp":"…","medication":"…"}`.
-pub fn get(store: &Store, id: Option<u64>, head: &Head, a: &mut Answer<'_>) -> Result<bool, Reject> {
+pub fn get(
+    store: &Store,
+    id: Option<u64>,
+    head: &Head,
+    a: &mut Answer<'_>,
+) -> Result<bool, Reject> {
     let id = id.ok_or(Reject::NotFound)?;
     let u = store.get(id).ok_or(Reject::NotFound)?;
     let mut ids = itoa::Buffer::new();
@@ -45,11 +63,30 @@ pub fn get(store: &Store, id: Option<u64>, head: &Head, a: &mut Answer<'_>) -> R
     const P3: &[u8] = b",\"timestamp\":\"";
     const P4: &[u8] = b"\",\"medication\":\"";
     const P5: &[u8] = b"\"}";
-    let patient_len = if patient.1 { emit::escaped_len(patient.0) + 2 } else { patient.0.len() };
-    let len = P1.len() + id_text.len() + P2.len() + patient_len + P3.len() + ts_len + P4.len()
-        + emit::escaped_len(u.medication()) + P5.len();
+    let patient_len = if patient.1 {
+        emit::escaped_len(patient.0) + 2
+    } else {
+        patient.0.len()
+    };
+    let len = P1.len()
+        + id_text.len()
+        + P2.len()
+        + patient_len
+        + P3.len()
+        + ts_len
+        + P4.len()
+        + emit::escaped_len(u.medication())
+        + P5.len();
     let p = persist(head, a.force_close);
-    response::head(a.out, b"HTTP/1.1 200 OK\r\n", a.date.text(), response::JSON, len, Extra::None, p);
+    response::head(
+        a.out,
+        b"HTTP/1.1 200 OK\r\n",
+        a.date.text(),
+        response::JSON,
+        len,
+        Extra::None,
+        p,
+    );
     if head.method != Method::Head {
         let out = &mut *a.out;
         out.extend_from_slice(P1);
@@ -84,7 +121,11 @@ fn json_reason(e: JsonError) -> &'static str {
         JsonError::Invalid(Field::PatientId) => {
             "patientId must be a non-empty string of at most 64 bytes or an integer in [0, 2^53)"
         }
-        JsonError::Invalid(Field::Timestamp) => "timestamp is not a valid date in an accepted format",
-        JsonError::Invalid(Field::Medication) => "medication must be a non-empty string of at most 64 bytes",
+        JsonError::Invalid(Field::Timestamp) => {
+            "timestamp is not a valid date in an accepted format"
+        }
+        JsonError::Invalid(Field::Medication) => {
+            "medication must be a non-empty string of at most 64 bytes"
+        }
     }
 }

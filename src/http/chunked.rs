@@ -33,7 +33,10 @@ enum State {
 pub enum Progress {
     NeedMore,
     /// The body is `region[..decoded]`; the encoded form ended at `region[consumed]`.
-    Done { decoded: usize, consumed: usize },
+    Done {
+        decoded: usize,
+        consumed: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +119,10 @@ impl Chunked {
                 (State::TrailerLf, b'\n') => State::TrailerStart,
                 (State::FinalLf, b'\n') => {
                     self.state = State::Done;
-                    return Ok(Progress::Done { decoded: self.decoded, consumed: self.consumed });
+                    return Ok(Progress::Done {
+                        decoded: self.decoded,
+                        consumed: self.consumed,
+                    });
                 }
                 _ => return Err(Malformed),
             };
@@ -143,7 +149,10 @@ mod tests {
     use proptest::prelude::*;
 
     /// Feed `input` in the given pieces as a connection would (append, advance, compact).
-    fn feed(pieces: &[&[u8]], max: usize) -> Result<Option<(Vec<u8>, Vec<u8>)>, ChunkError> {
+    /// The decoded body and the bytes after it.
+    type Decoded = (Vec<u8>, Vec<u8>);
+
+    fn feed(pieces: &[&[u8]], max: usize) -> Result<Option<Decoded>, ChunkError> {
         let mut buf = Vec::new();
         let mut c = Chunked::default();
         for p in pieces {
@@ -190,7 +199,10 @@ mod tests {
         let ok: &[(&[u8], &[u8])] = &[
             (b"0\r\n\r\n", b""),
             (b"5\r\nhello\r\n0\r\n\r\n", b"hello"),
-            (b"5;a=b\r\nhello\r\n6\r\n world\r\n0\r\nT: v\r\n\r\n", b"hello world"),
+            (
+                b"5;a=b\r\nhello\r\n6\r\n world\r\n0\r\nT: v\r\n\r\n",
+                b"hello world",
+            ),
             (b"a\r\n0123456789\r\n0\r\n\r\n", b"0123456789"),
         ];
         for &(input, body) in ok {
@@ -207,7 +219,12 @@ mod tests {
             b"-1\r\n",
         ];
         for input in bad {
-            assert_eq!(feed(&[input], 100), Err(ChunkError::Malformed), "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                feed(&[input], 100),
+                Err(ChunkError::Malformed),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
         assert_eq!(feed(&[b"65\r\n"], 100), Err(ChunkError::TooLarge));
         assert_eq!(feed(&[b"64\r\n"], 100), Ok(None));
@@ -216,8 +233,13 @@ mod tests {
 
     #[test]
     fn the_next_request_is_left_alone() {
-        let (body, rest) = feed(&[b"3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\n"], 10).unwrap().unwrap();
-        assert_eq!((body.as_slice(), rest.as_slice()), (&b"abc"[..], &b"GET / HTTP/1.1\r\n"[..]));
+        let (body, rest) = feed(&[b"3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\n"], 10)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (body.as_slice(), rest.as_slice()),
+            (&b"abc"[..], &b"GET / HTTP/1.1\r\n"[..])
+        );
     }
 
     proptest! {

@@ -13,7 +13,10 @@ pub struct DateCache {
 
 impl Default for DateCache {
     fn default() -> Self {
-        let mut d = DateCache { secs: u64::MAX, text: [b' '; LEN] };
+        let mut d = DateCache {
+            secs: u64::MAX,
+            text: [b' '; LEN],
+        };
         d.update(SystemTime::now());
         d
     }
@@ -37,7 +40,8 @@ impl DateCache {
 fn format_imf(secs: u64) -> [u8; LEN] {
     const DAYS: [&[u8; 3]; 7] = [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"];
     const MONTHS: [&[u8; 3]; 12] = [
-        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
     ];
     let days = (secs / 86_400) as i64;
     let (y, m, d) = civil::civil_from_days(days);
@@ -45,7 +49,13 @@ fn format_imf(secs: u64) -> [u8; LEN] {
     let mut out = *b"Thu, 01 Jan 1970 00:00:00 GMT";
     out[..3].copy_from_slice(DAYS[civil::weekday(days) as usize]);
     out[8..11].copy_from_slice(MONTHS[m as usize - 1]);
-    for (at, v, width) in [(5, d, 2), (12, y as u32, 4), (17, s / 3600, 2), (20, s / 60 % 60, 2), (23, s % 60, 2)] {
+    for (at, v, width) in [
+        (5, d, 2),
+        (12, y as u32, 4),
+        (17, s / 3600, 2),
+        (20, s / 60 % 60, 2),
+        (23, s % 60, 2),
+    ] {
         let mut v = v;
         for i in (0..width).rev() {
             out[at + i] = b'0' + (v % 10) as u8;
@@ -62,8 +72,17 @@ mod tests {
 
     #[test]
     fn formats_like_chrono() {
-        for secs in [0u64, 1_478_009_511, 951_782_400, 4_102_444_799, 1_795_000_000] {
-            let want = chrono::DateTime::from_timestamp(secs as i64, 0).unwrap().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        for secs in [
+            0u64,
+            1_478_009_511,
+            951_782_400,
+            4_102_444_799,
+            1_795_000_000,
+        ] {
+            let want = chrono::DateTime::from_timestamp(secs as i64, 0)
+                .unwrap()
+                .format("%a, %d %b %Y %H:%M:%S GMT")
+                .to_string();
             assert_eq!(std::str::from_utf8(&format_imf(secs)).unwrap(), want);
         }
     }

@@ -63,7 +63,7 @@ pub fn parse_head(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
             return Parsed::Reject(Reject::HeaderTooLarge);
         }
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(e) => return Parsed::Reject(syntax_error(e)),
+        Err(e) => return Parsed::Reject(syntax_error(e, buf)),
     };
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
         return Parsed::Reject(Reject::BadRequest("malformed request line"));
@@ -79,7 +79,11 @@ pub fn parse_head(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
             },
             path: path_range(buf, path),
             http10: version == 0,
-            keep_alive: if version == 0 { fields.keep_alive && !fields.close } else { !fields.close },
+            keep_alive: if version == 0 {
+                fields.keep_alive && !fields.close
+            } else {
+                !fields.close
+            },
             framing: fields.framing,
             expect_continue: fields.expect_continue && version == 1,
             json: fields.json,
@@ -89,14 +93,32 @@ pub fn parse_head(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
 }
 
 #[cold]
-fn syntax_error(e: httparse::Error) -> Reject {
+fn syntax_error(e: httparse::Error, buf: &[u8]) -> Reject {
     match e {
-        httparse::Error::Version => Reject::VersionNotSupported,
+        httparse::Error::Version if names_other_version(buf) => Reject::VersionNotSupported,
+        httparse::Error::Version => Reject::BadRequest("malformed request line"),
         httparse::Error::TooManyHeaders => Reject::HeaderTooLarge,
         httparse::Error::HeaderName | httparse::Error::HeaderValue | httparse::Error::NewLine => {
             Reject::BadRequest("malformed header")
         }
-        httparse::Error::Token | httparse::Error::Status => Reject::BadRequest("malformed request line"),
+        httparse::Error::Token | httparse::Error::Status => {
+            Reject::BadRequest("malformed request line")
+        }
+    }
+}
+
+/// Whether the request line ends in a well-formed `HTTP/x.y` that httparse refused (so the
+/// answer is `505`, not `400`).
+fn names_other_version(buf: &[u8]) -> bool {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or(buf);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    match parts[..] {
+        [_, _, version] => {
+            matches!(version, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] if major.is_ascii_digit() && minor.is_ascii_digit())
+                || matches!(version, [b'H', b'T', b'T', b'P', b'/', major] if major.is_ascii_digit())
+        }
+        _ => false,
     }
 }
 
@@ -108,13 +130,19 @@ fn path_range(buf: &[u8], path: &str) -> (usize, usize) {
     let mut skip = 0;
     for scheme in [&b"http://"[..], b"https://"] {
         if p.len() >= scheme.len() && p[..scheme.len()].eq_ignore_ascii_case(scheme) {
-            let authority = p[scheme.len()..].iter().position(|&b| b == b'/').unwrap_or(p.len() - scheme.len());
+            let authority = p[scheme.len()..]
+                .iter()
+                .position(|&b| b == b'/')
+                .unwrap_or(p.len() - scheme.len());
             skip = scheme.len() + authority;
             p = &p[skip..];
             break;
         }
     }
-    let end = p.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(p.len());
+    let end = p
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(p.len());
     (start + skip, start + skip + end)
 }
 
@@ -127,8 +155,18 @@ struct Fields {
     json: bool,
 }
 
-fn analyse(headers: &[httparse::Header<'_>], version: u8, max_body: usize) -> Result<Fields, Reject> {
-    let mut f = Fields { framing: Framing::None, keep_alive: false, close: false, expect_continue: false, json: false };
+fn analyse(
+    headers: &[httparse::Header<'_>],
+    version: u8,
+    max_body: usize,
+) -> Result<Fields, Reject> {
+    let mut f = Fields {
+        framing: Framing::None,
+        keep_alive: false,
+        close: false,
+        expect_continue: false,
+        json: false,
+    };
     let (mut hosts, mut length, mut chunked, mut other_coding) = (0, None, false, false);
     for h in headers {
         let name = h.name.as_bytes();
@@ -164,10 +202,18 @@ fn analyse(headers: &[httparse::Header<'_>], version: u8, max_body: usize) -> Re
         }
     }
     if version == 1 && hosts != 1 {
-        return Err(Reject::BadRequest(if hosts == 0 { "missing Host header" } else { "more than one Host header" }));
+        return Err(Reject::BadRequest(if hosts == 0 {
+            "missing Host header"
+        } else {
+            "more than one Host header"
+        }));
     }
     f.framing = match (length, chunked || other_coding) {
-        (Some(_), true) => return Err(Reject::BadRequest("both Content-Length and Transfer-Encoding")),
+        (Some(_), true) => {
+            return Err(Reject::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
         (_, true) if other_coding => return Err(Reject::NotImplemented),
         (_, true) => Framing::Chunked,
         (Some(n), false) if n > max_body as u64 => return Err(Reject::PayloadTooLarge),
@@ -185,8 +231,14 @@ fn parse_length(v: &[u8]) -> Result<u64, Reject> {
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
-    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &v[start..end]
 }
 

@@ -68,10 +68,26 @@ pub const JSON: &[u8] = b"application/json";
 
 /// `{"error":"<reason>"}` with `status`; `reason` is a static ASCII string without quotes.
 #[cold]
-pub fn error(out: &mut Vec<u8>, status: &[u8], date: &[u8; date::LEN], reason: &str, extra: Extra<'_>, persist: Persist, with_body: bool) {
+pub fn error(
+    out: &mut Vec<u8>,
+    status: &[u8],
+    date: &[u8; date::LEN],
+    reason: &str,
+    extra: Extra<'_>,
+    persist: Persist,
+    with_body: bool,
+) {
     const PRE: &[u8] = b"{\"error\":\"";
     const POST: &[u8] = b"\"}";
-    head(out, status, date, JSON, PRE.len() + reason.len() + POST.len(), extra, persist);
+    head(
+        out,
+        status,
+        date,
+        JSON,
+        PRE.len() + reason.len() + POST.len(),
+        extra,
+        persist,
+    );
     if with_body {
         out.extend_from_slice(PRE);
         out.extend_from_slice(reason.as_bytes());
@@ -86,7 +102,15 @@ mod tests {
     #[test]
     fn created() {
         let mut out = Vec::new();
-        head(&mut out, b"HTTP/1.1 201 Created\r\n", b"Tue, 01 Nov 2016 14:11:51 GMT", JSON, 9, Extra::Location(42), Persist::KeepAlive10);
+        head(
+            &mut out,
+            b"HTTP/1.1 201 Created\r\n",
+            b"Tue, 01 Nov 2016 14:11:51 GMT",
+            JSON,
+            9,
+            Extra::Location(42),
+            Persist::KeepAlive10,
+        );
         assert_eq!(
             out,
             b"HTTP/1.1 201 Created\r\nDate: Tue, 01 Nov 2016 14:11:51 GMT\r\nContent-Type: application/json\r\n\
@@ -97,7 +121,15 @@ Content-Length: 9\r\nLocation: /api/usages/42\r\nConnection: keep-alive\r\n\r\n"
     #[test]
     fn error_body_matches_its_length() {
         let mut out = Vec::new();
-        error(&mut out, b"HTTP/1.1 404 Not Found\r\n", &[b'x'; 29], "not found", Extra::Allow("GET"), Persist::Close, true);
+        error(
+            &mut out,
+            b"HTTP/1.1 404 Not Found\r\n",
+            &[b'x'; 29],
+            "not found",
+            Extra::Allow("GET"),
+            Persist::Close,
+            true,
+        );
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert_eq!(body, r#"{"error":"not found"}"#);

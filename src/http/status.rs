@@ -28,9 +28,21 @@ impl Reject {
             Reject::BadRequest(why) => (b"HTTP/1.1 400 Bad Request\r\n", why, true),
             Reject::BadBody(why) => (b"HTTP/1.1 400 Bad Request\r\n", why, false),
             Reject::NotFound => (b"HTTP/1.1 404 Not Found\r\n", "not found", false),
-            Reject::MethodNotAllowed(_) => (b"HTTP/1.1 405 Method Not Allowed\r\n", "method not allowed", false),
-            Reject::LengthRequired => (b"HTTP/1.1 411 Length Required\r\n", "Content-Length required", false),
-            Reject::PayloadTooLarge => (b"HTTP/1.1 413 Content Too Large\r\n", "body too large", true),
+            Reject::MethodNotAllowed(_) => (
+                b"HTTP/1.1 405 Method Not Allowed\r\n",
+                "method not allowed",
+                false,
+            ),
+            Reject::LengthRequired => (
+                b"HTTP/1.1 411 Length Required\r\n",
+                "Content-Length required",
+                false,
+            ),
+            Reject::PayloadTooLarge => (
+                b"HTTP/1.1 413 Content Too Large\r\n",
+                "body too large",
+                true,
+            ),
             Reject::UnsupportedMediaType => (
                 b"HTTP/1.1 415 Unsupported Media Type\r\n",
                 "Content-Type must be application/json",
@@ -77,7 +89,10 @@ mod tests {
         ];
         for &(r, code, close) in rows {
             let (line, reason, c) = r.parts();
-            assert!(line.starts_with(format!("HTTP/1.1 {code} ").as_bytes()), "{r:?}");
+            assert!(
+                line.starts_with(format!("HTTP/1.1 {code} ").as_bytes()),
+                "{r:?}"
+            );
             assert!(line.ends_with(b"\r\n") && !reason.contains('"'));
             assert_eq!(c, close, "{r:?}");
         }

@@ -58,9 +58,17 @@ pub fn scan_usage(body: &mut [u8]) -> Result<Usage<'_>, JsonError> {
         PatientAt::Str(start, len) => Patient::Str(&buf[start..start + len]),
         PatientAt::Num(n) => Patient::Num(n),
     };
-    let timestamp = fields.timestamp.ok_or(JsonError::Missing(Field::Timestamp))?;
-    let (start, len) = fields.medication.ok_or(JsonError::Missing(Field::Medication))?;
-    Ok(Usage { patient, timestamp, medication: &buf[start..start + len] })
+    let timestamp = fields
+        .timestamp
+        .ok_or(JsonError::Missing(Field::Timestamp))?;
+    let (start, len) = fields
+        .medication
+        .ok_or(JsonError::Missing(Field::Medication))?;
+    Ok(Usage {
+        patient,
+        timestamp,
+        medication: &buf[start..start + len],
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -125,7 +133,11 @@ impl Scanner<'_> {
         if self.peek() != Some(b'{') {
             self.value(0)?;
             self.ws();
-            return Err(if self.pos == self.buf.len() { JsonError::NotObject } else { JsonError::Syntax });
+            return Err(if self.pos == self.buf.len() {
+                JsonError::NotObject
+            } else {
+                JsonError::Syntax
+            });
         }
         self.pos += 1;
         self.ws();
@@ -196,7 +208,10 @@ impl Scanner<'_> {
                 }
             }
             (Field::PatientId, Some(b'-' | b'0'..=b'9')) => match self.number()? {
-                Number { negative: false, integer: Some(n) } if n < PATIENT_NUM_LIMIT => {
+                Number {
+                    negative: false,
+                    integer: Some(n),
+                } if n < PATIENT_NUM_LIMIT => {
                     f.patient = Some(PatientAt::Num(n));
                 }
                 _ => problem = problem.or(invalid),
@@ -211,7 +226,10 @@ impl Scanner<'_> {
             (Field::Timestamp, Some(b'-' | b'0'..=b'9')) => {
                 let n = self.number()?;
                 let ms = n.integer.and_then(|m| i64::try_from(m).ok());
-                match ms.map(|m| if n.negative { -m } else { m }).and_then(time::from_epoch_ms) {
+                match ms
+                    .map(|m| if n.negative { -m } else { m })
+                    .and_then(time::from_epoch_ms)
+                {
                     Some(ts) => f.timestamp = Some(ts),
                     None => problem = problem.or(invalid),
                 }
@@ -283,7 +301,10 @@ impl Scanner<'_> {
     }
 
     fn digits(&mut self) -> usize {
-        let n = self.buf[self.pos..].iter().take_while(|b| b.is_ascii_digit()).count();
+        let n = self.buf[self.pos..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
         self.pos += n;
         n
     }

@@ -118,7 +118,12 @@ impl Conn {
     }
 
     /// Drive the connection after a readiness event (`readable`: the event said so).
-    pub fn on_ready<S: Read + Write>(&mut self, sock: &mut S, ctx: &mut Ctx<'_>, mut readable: bool) -> Next {
+    pub fn on_ready<S: Read + Write>(
+        &mut self,
+        sock: &mut S,
+        ctx: &mut Ctx<'_>,
+        mut readable: bool,
+    ) -> Next {
         if let Some(discarded) = self.lingering {
             return self.linger(sock, discarded);
         }
@@ -148,7 +153,11 @@ impl Conn {
                 break;
             }
             if !self.make_room(ctx.limits) {
-                crate::app::reject(Reject::BadRequest("request too large"), None, &mut answer(ctx));
+                crate::app::reject(
+                    Reject::BadRequest("request too large"),
+                    None,
+                    &mut answer(ctx),
+                );
                 self.closing = true;
                 break;
             }
@@ -198,7 +207,11 @@ impl Conn {
             }
             let mut p = match self.pending {
                 Some(p) => p,
-                None => match parse_head(&self.buf[self.start..self.end], ctx.limits.max_header, ctx.limits.max_body) {
+                None => match parse_head(
+                    &self.buf[self.start..self.end],
+                    ctx.limits.max_header,
+                    ctx.limits.max_body,
+                ) {
                     Parsed::Partial => return Stop::Idle,
                     Parsed::Reject(r) => {
                         app::reject(r, None, &mut answer(ctx));
@@ -208,7 +221,12 @@ impl Conn {
                     Parsed::Head(head) => {
                         let path = &self.buf[self.start + head.path.0..self.start + head.path.1];
                         let route = router::route(&head, path);
-                        Pending { head, route, chunked: Chunked::default(), continue_sent: false }
+                        Pending {
+                            head,
+                            route,
+                            chunked: Chunked::default(),
+                            continue_sent: false,
+                        }
                     }
                 },
             };
@@ -217,7 +235,10 @@ impl Conn {
                 Framing::None => (0, 0),
                 Framing::Length(n) if self.end - body_start >= n => (n, n),
                 Framing::Length(_) => return self.await_body(p, ctx),
-                Framing::Chunked => match p.chunked.advance(&mut self.buf[body_start..self.end], ctx.limits.max_body) {
+                Framing::Chunked => match p
+                    .chunked
+                    .advance(&mut self.buf[body_start..self.end], ctx.limits.max_body)
+                {
                     Ok(Progress::Done { decoded, consumed }) => (decoded, consumed),
                     Ok(Progress::NeedMore) => {
                         self.end -= p.chunked.compact(&mut self.buf[body_start..self.end]);
@@ -236,7 +257,11 @@ impl Conn {
             };
             self.pending = None;
             let body = &mut self.buf[body_start..body_start + body_len];
-            let mut a = Answer { out: ctx.out, date: ctx.date, force_close: ctx.draining };
+            let mut a = Answer {
+                out: ctx.out,
+                date: ctx.date,
+                force_close: ctx.draining,
+            };
             if ctx.app.respond(p.route, &p.head, body, &mut a) {
                 self.closing = true;
             }
@@ -341,7 +366,11 @@ impl Conn {
 }
 
 fn answer<'c>(ctx: &'c mut Ctx<'_>) -> Answer<'c> {
-    Answer { out: ctx.out, date: ctx.date, force_close: ctx.draining }
+    Answer {
+        out: ctx.out,
+        date: ctx.date,
+        force_close: ctx.draining,
+    }
 }
 
 /// One `write`; a full socket is 0 bytes written, not an error.

@@ -11,7 +11,11 @@ const BACKLOG: libc::c_int = 4096;
 
 /// `-1` from a libc call becomes the thread's last OS error.
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 /// `count` listeners on `addr`, all on the same port: with port 0, the first one picks a free
@@ -29,9 +33,19 @@ pub fn bind_all(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> 
 
 /// A non-blocking, close-on-exec listener with `SO_REUSEADDR` and `SO_REUSEPORT`.
 pub fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
-    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     // SAFETY: `socket` takes no pointers; any return value is checked by `cvt`.
-    let fd = cvt(unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) })?;
+    let fd = cvt(unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
     // SAFETY: `fd` was just returned by `socket`, is valid, and nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
@@ -65,7 +79,9 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
                 sin_zero: [0; 8],
             };
             // SAFETY: `sockaddr_storage` is larger than and aligned for every sockaddr type.
@@ -77,7 +93,9 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
                 sin6_scope_id: a.scope_id(),
             };
             // SAFETY: as above, for `sockaddr_in6`.
@@ -102,7 +120,10 @@ mod tests {
         let port = ls[0].local_addr().unwrap().port();
         assert_ne!(port, 0);
         for l in &ls {
-            assert_eq!(l.local_addr().unwrap(), SocketAddr::from(([127, 0, 0, 1], port)));
+            assert_eq!(
+                l.local_addr().unwrap(),
+                SocketAddr::from(([127, 0, 0, 1], port))
+            );
         }
         let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
         c.write_all(b"x").unwrap();

@@ -42,9 +42,16 @@ pub fn start(config: &Config) -> io::Result<Running> {
         let setup = worker::Setup {
             index,
             listener,
-            core: if config.pin && !cores.is_empty() { Some(cores[index % cores.len()]) } else { None },
+            core: if config.pin && !cores.is_empty() {
+                Some(cores[index % cores.len()])
+            } else {
+                None
+            },
             app: App::new(Arc::clone(&store), index as u32),
-            limits: conn::Limits { max_header: config.max_header, max_body: config.max_body },
+            limits: conn::Limits {
+                max_header: config.max_header,
+                max_body: config.max_body,
+            },
             shutdown: Arc::clone(&shutdown),
             shutdown_timeout: config.shutdown_timeout,
             ready: ready_tx.clone(),
@@ -63,7 +70,13 @@ pub fn start(config: &Config) -> io::Result<Running> {
             Err(_) => return Err(io::Error::other("a worker exited while starting")),
         }
     }
-    Ok(Running { addr, workers: threads, shutdown, wakers, handles })
+    Ok(Running {
+        addr,
+        workers: threads,
+        shutdown,
+        wakers,
+        handles,
+    })
 }
 
 impl Running {

@@ -21,7 +21,11 @@ pub fn block_shutdown_signals() -> io::Result<()> {
     let set = shutdown_set();
     // SAFETY: `set` is an initialised sigset; a null old-set pointer is allowed.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(rc)) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
 }
 
 /// Wait until `SIGINT` or `SIGTERM` arrives (they must be blocked); returns the signal.
@@ -30,5 +34,9 @@ pub fn wait_for_shutdown() -> io::Result<libc::c_int> {
     let mut sig: libc::c_int = 0;
     // SAFETY: both pointers point at live, initialised values of the right types.
     let rc = unsafe { libc::sigwait(&set, &mut sig) };
-    if rc == 0 { Ok(sig) } else { Err(io::Error::from_raw_os_error(rc)) }
+    if rc == 0 {
+        Ok(sig)
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
 }

@@ -47,7 +47,16 @@ fn token(index: usize, generation: u32) -> Token {
 }
 
 pub fn run(setup: Setup) {
-    let Setup { index, listener, core, mut app, limits, shutdown, shutdown_timeout, ready } = setup;
+    let Setup {
+        index,
+        listener,
+        core,
+        mut app,
+        limits,
+        shutdown,
+        shutdown_timeout,
+        ready,
+    } = setup;
     if let Some(core) = core {
         core_affinity::set_for_current(core);
     }
@@ -55,7 +64,8 @@ pub fn run(setup: Setup) {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listener = TcpListener::from_std(listener);
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         Ok((poll, waker, listener))
     })();
     let (mut poll, waker, listener) = match started {
@@ -126,21 +136,33 @@ struct Worker {
 impl Worker {
     fn accept(&mut self, poll: &Poll) {
         loop {
-            let Some(listener) = &self.listener else { return };
+            let Some(listener) = &self.listener else {
+                return;
+            };
             match listener.accept() {
                 Ok((mut stream, _)) => {
                     let _ = stream.set_nodelay(true);
                     let index = self.free.pop().unwrap_or_else(|| {
-                        self.slots.push(Slot { generation: 0, conn: None });
+                        self.slots.push(Slot {
+                            generation: 0,
+                            conn: None,
+                        });
                         self.slots.len() - 1
                     });
                     let slot = &mut self.slots[index];
                     let t = token(index, slot.generation);
-                    if poll.registry().register(&mut stream, t, Interest::READABLE | Interest::WRITABLE).is_err() {
+                    if poll
+                        .registry()
+                        .register(&mut stream, t, Interest::READABLE | Interest::WRITABLE)
+                        .is_err()
+                    {
                         self.free.push(index);
                         continue;
                     }
-                    let buf = self.spare.pop().unwrap_or_else(|| vec![0; DEFAULT_BUF].into_boxed_slice());
+                    let buf = self
+                        .spare
+                        .pop()
+                        .unwrap_or_else(|| vec![0; DEFAULT_BUF].into_boxed_slice());
                     slot.conn = Some((stream, Conn::new(buf)));
                     self.open += 1;
                 }
@@ -155,11 +177,15 @@ impl Worker {
 
     fn drive(&mut self, t: Token, readable: bool, app: &mut App) {
         let index = t.0 & 0xffff_ffff;
-        let Some(slot) = self.slots.get_mut(index) else { return };
+        let Some(slot) = self.slots.get_mut(index) else {
+            return;
+        };
         if token(index, slot.generation) != t {
             return;
         }
-        let Some((stream, conn)) = slot.conn.as_mut() else { return };
+        let Some((stream, conn)) = slot.conn.as_mut() else {
+            return;
+        };
         let mut ctx = Ctx {
             app,
             out: &mut self.out,
@@ -200,7 +226,11 @@ impl Worker {
             let _ = poll.registry().deregister(&mut l);
         }
         for i in 0..self.slots.len() {
-            if self.slots[i].conn.as_ref().is_some_and(|(_, c)| c.is_idle()) {
+            if self.slots[i]
+                .conn
+                .as_ref()
+                .is_some_and(|(_, c)| c.is_idle())
+            {
                 self.close(i);
             }
         }

@@ -109,7 +109,9 @@ impl Store {
     /// A store of `stripes` empty stripes (one per worker).
     pub fn new(stripes: u32) -> Self {
         assert!(stripes > 0, "at least one stripe");
-        Store { stripes: (0..stripes).map(|_| Stripe::new()).collect() }
+        Store {
+            stripes: (0..stripes).map(|_| Stripe::new()).collect(),
+        }
     }
 
     pub fn stripes(&self) -> u32 {
@@ -118,7 +120,10 @@ impl Store {
 
     /// Usages published so far, over all stripes.
     pub fn len(&self) -> u64 {
-        self.stripes.iter().map(|s| s.len.load(Ordering::Acquire)).sum()
+        self.stripes
+            .iter()
+            .map(|s| s.len.load(Ordering::Acquire))
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -153,7 +158,10 @@ impl Store {
         };
         Some(StoredUsage {
             patient,
-            timestamp: Timestamp { ms: w0 as i64, offset_min: (w2 >> 32) as u16 as i16 },
+            timestamp: Timestamp {
+                ms: w0 as i64,
+                offset_min: (w2 >> 32) as u16 as i16,
+            },
             medication: (med, med_len),
         })
     }

@@ -68,7 +68,15 @@ struct Local {
 /// Validate `local` at `offset_min` and turn it into a [`Timestamp`]; `weekday` (0 = Monday),
 /// when the form carried one, must agree with the date.
 fn finish(local: Local, offset_min: i32, weekday: Option<u32>) -> Option<Timestamp> {
-    let Local { year, month, day, hour, min, sec, ms } = local;
+    let Local {
+        year,
+        month,
+        day,
+        hour,
+        min,
+        sec,
+        ms,
+    } = local;
     if !(0..=9999).contains(&year)
         || !(1..=12).contains(&month)
         || day == 0
@@ -134,7 +142,12 @@ impl<'a> Cur<'a> {
 
     /// `min..=max` ASCII digits.
     fn digits_between(&mut self, min: usize, max: usize) -> Option<u32> {
-        let n = self.s.iter().take(max).take_while(|d| d.is_ascii_digit()).count();
+        let n = self
+            .s
+            .iter()
+            .take(max)
+            .take_while(|d| d.is_ascii_digit())
+            .count();
         if n < min {
             return None;
         }
@@ -221,7 +234,15 @@ fn rfc3339(s: &[u8]) -> Option<Timestamp> {
         c.numeric_offset(true)?
     };
     c.end()?;
-    let local = Local { year, month, day, hour, min, sec, ms };
+    let local = Local {
+        year,
+        month,
+        day,
+        hour,
+        min,
+        sec,
+        ms,
+    };
     finish(local, offset, None)
 }
 
@@ -246,7 +267,15 @@ fn js_date(s: &[u8]) -> Option<Timestamp> {
         c.s = &c.s[close + 1..];
     }
     c.end()?;
-    let local = Local { year, month, day, hour, min, sec, ms: 0 };
+    let local = Local {
+        year,
+        month,
+        day,
+        hour,
+        min,
+        sec,
+        ms: 0,
+    };
     finish(local, offset, Some(weekday))
 }
 
@@ -275,7 +304,15 @@ fn rfc2822(s: &[u8]) -> Option<Timestamp> {
         }
         _ => zone_name(c.s)?,
     };
-    let local = Local { year, month, day, hour, min, sec, ms: 0 };
+    let local = Local {
+        year,
+        month,
+        day,
+        hour,
+        min,
+        sec,
+        ms: 0,
+    };
     finish(local, offset, weekday)
 }
 

@@ -75,13 +75,14 @@ fn oracle(body: &str) -> Out {
         };
         let mut problem = dup.then_some(JsonError::Duplicate(field));
         let parsed = match (field, &v) {
-            (Field::PatientId | Field::Medication, Value::String(s)) if (1..=64).contains(&s.len()) => {
+            (Field::PatientId | Field::Medication, Value::String(s))
+                if (1..=64).contains(&s.len()) =>
+            {
                 Some(Ok(s.clone()))
             }
             (Field::PatientId, Value::Number(n)) => n.as_u64().filter(|&n| n < 1 << 53).map(Err),
-            (Field::Timestamp, Value::String(s)) => {
-                crate::time::parse(s.as_bytes()).map(|t| Err(t.ms as u64 ^ ((t.offset_min as u16 as u64) << 48)))
-            }
+            (Field::Timestamp, Value::String(s)) => crate::time::parse(s.as_bytes())
+                .map(|t| Err(t.ms as u64 ^ ((t.offset_min as u16 as u64) << 48))),
             (Field::Timestamp, Value::Number(n)) => n
                 .as_i64()
                 .and_then(crate::time::from_epoch_ms)
@@ -101,9 +102,15 @@ fn oracle(body: &str) -> Out {
     if let Some(e) = err {
         return Out::Err(e);
     }
-    let Some(patient) = patient else { return Out::Err(JsonError::Missing(Field::PatientId)) };
-    let Some(Err(ts)) = ts else { return Out::Err(JsonError::Missing(Field::Timestamp)) };
-    let Some(med) = med else { return Out::Err(JsonError::Missing(Field::Medication)) };
+    let Some(patient) = patient else {
+        return Out::Err(JsonError::Missing(Field::PatientId));
+    };
+    let Some(Err(ts)) = ts else {
+        return Out::Err(JsonError::Missing(Field::Timestamp));
+    };
+    let Some(med) = med else {
+        return Out::Err(JsonError::Missing(Field::Medication));
+    };
     let (ms, off) = ((ts << 16) as i64 >> 16, (ts >> 48) as u16 as i16);
     Out::Ok(patient, ms, off, med)
 }
@@ -112,7 +119,12 @@ fn oracle(body: &str) -> Out {
 fn readme_body() {
     assert_eq!(
         ours(README),
-        Out::Ok(Ok("100".into()), 1_478_009_511_000, -300, "Albuterol".into())
+        Out::Ok(
+            Ok("100".into()),
+            1_478_009_511_000,
+            -300,
+            "Albuterol".into()
+        )
     );
 }
 
@@ -123,30 +135,90 @@ fn table() {
     let ts = r#""timestamp":"2016-11-01T09:11:51Z""#;
     let rows: &[(&str, Option<JsonError>)] = &[
         (r#"{"patientId":100,"timestamp":0,"medication":"A"}"#, None),
-        (r#" { "medication" : "A" , "timestamp" : 1 , "patientId" : "x" , "other": [1, {"a": null}] } "#, None),
-        (r#"{"patient\u0049d":"1","timestamp":0,"medication":"\ud83d\ude00"}"#, None),
+        (
+            r#" { "medication" : "A" , "timestamp" : 1 , "patientId" : "x" , "other": [1, {"a": null}] } "#,
+            None,
+        ),
+        (
+            r#"{"patient\u0049d":"1","timestamp":0,"medication":"\ud83d\ude00"}"#,
+            None,
+        ),
         ("", Some(Syntax)),
         ("[1]", Some(NotObject)),
         ("\"x\"", Some(NotObject)),
         ("{", Some(Syntax)),
-        (r#"{"patientId":"1","timestamp":0,"medication":"A",}"#, Some(Syntax)),
-        (r#"{"patientId":"1","timestamp":0,"medication":"A"} x"#, Some(Syntax)),
-        (r#"{"patientId":"1","timestamp":0,"medication":"\ud800"}"#, Some(Syntax)),
-        (r#"{"patientId":"1","timestamp":0,"medication":"\udc00\ud800"}"#, Some(Syntax)),
-        ("{\"patientId\":\"1\",\"timestamp\":0,\"medication\":\"a\tb\"}", Some(Syntax)),
-        (r#"{"patientId":01,"timestamp":0,"medication":"A"}"#, Some(Syntax)),
-        (r#"{"patientId":"1","patientId":"2","timestamp":0,"medication":"A"}"#, Some(Duplicate(PatientId))),
-        (r#"{"timestamp":0,"medication":"A"}"#, Some(Missing(PatientId))),
-        (r#"{"patientId":"1","medication":"A"}"#, Some(Missing(Timestamp))),
-        (r#"{"patientId":"1","timestamp":0}"#, Some(Missing(Medication))),
-        (r#"{"patientId":"","timestamp":0,"medication":"A"}"#, Some(Invalid(PatientId))),
-        (r#"{"patientId":-1,"timestamp":0,"medication":"A"}"#, Some(Invalid(PatientId))),
-        (r#"{"patientId":1.5,"timestamp":0,"medication":"A"}"#, Some(Invalid(PatientId))),
-        (r#"{"patientId":9007199254740992,"timestamp":0,"medication":"A"}"#, Some(Invalid(PatientId))),
-        (r#"{"patientId":true,"timestamp":0,"medication":"A"}"#, Some(Invalid(PatientId))),
-        (r#"{"patientId":"1","timestamp":"yesterday","medication":"A"}"#, Some(Invalid(Timestamp))),
-        (r#"{"patientId":"1","timestamp":1.5,"medication":"A"}"#, Some(Invalid(Timestamp))),
-        (r#"{"patientId":"1","timestamp":0,"medication":null}"#, Some(Invalid(Medication))),
+        (
+            r#"{"patientId":"1","timestamp":0,"medication":"A",}"#,
+            Some(Syntax),
+        ),
+        (
+            r#"{"patientId":"1","timestamp":0,"medication":"A"} x"#,
+            Some(Syntax),
+        ),
+        (
+            r#"{"patientId":"1","timestamp":0,"medication":"\ud800"}"#,
+            Some(Syntax),
+        ),
+        (
+            r#"{"patientId":"1","timestamp":0,"medication":"\udc00\ud800"}"#,
+            Some(Syntax),
+        ),
+        (
+            "{\"patientId\":\"1\",\"timestamp\":0,\"medication\":\"a\tb\"}",
+            Some(Syntax),
+        ),
+        (
+            r#"{"patientId":01,"timestamp":0,"medication":"A"}"#,
+            Some(Syntax),
+        ),
+        (
+            r#"{"patientId":"1","patientId":"2","timestamp":0,"medication":"A"}"#,
+            Some(Duplicate(PatientId)),
+        ),
+        (
+            r#"{"timestamp":0,"medication":"A"}"#,
+            Some(Missing(PatientId)),
+        ),
+        (
+            r#"{"patientId":"1","medication":"A"}"#,
+            Some(Missing(Timestamp)),
+        ),
+        (
+            r#"{"patientId":"1","timestamp":0}"#,
+            Some(Missing(Medication)),
+        ),
+        (
+            r#"{"patientId":"","timestamp":0,"medication":"A"}"#,
+            Some(Invalid(PatientId)),
+        ),
+        (
+            r#"{"patientId":-1,"timestamp":0,"medication":"A"}"#,
+            Some(Invalid(PatientId)),
+        ),
+        (
+            r#"{"patientId":1.5,"timestamp":0,"medication":"A"}"#,
+            Some(Invalid(PatientId)),
+        ),
+        (
+            r#"{"patientId":9007199254740992,"timestamp":0,"medication":"A"}"#,
+            Some(Invalid(PatientId)),
+        ),
+        (
+            r#"{"patientId":true,"timestamp":0,"medication":"A"}"#,
+            Some(Invalid(PatientId)),
+        ),
+        (
+            r#"{"patientId":"1","timestamp":"yesterday","medication":"A"}"#,
+            Some(Invalid(Timestamp)),
+        ),
+        (
+            r#"{"patientId":"1","timestamp":1.5,"medication":"A"}"#,
+            Some(Invalid(Timestamp)),
+        ),
+        (
+            r#"{"patientId":"1","timestamp":0,"medication":null}"#,
+            Some(Invalid(Medication)),
+        ),
     ];
     for &(body, want) in rows {
         let got = match ours(body) {
@@ -156,11 +228,25 @@ fn table() {
         assert_eq!(got, want, "{body}");
         assert_eq!(ours(body), oracle(body), "oracle disagrees on {body}");
     }
-    let long = format!(r#"{{"patientId":"{}",{ts},"medication":"A"}}"#, "é".repeat(32));
+    let long = format!(
+        r#"{{"patientId":"{}",{ts},"medication":"A"}}"#,
+        "é".repeat(32)
+    );
     assert!(matches!(ours(&long), Out::Ok(..)), "64 bytes is allowed");
-    let long = format!(r#"{{"patientId":"{}a",{ts},"medication":"A"}}"#, "é".repeat(32));
-    assert_eq!(ours(&long), Out::Err(Invalid(PatientId)), "65 bytes is too long");
-    let deep = format!(r#"{{"x":{}{},"patientId":"1",{ts},"medication":"A"}}"#, "[".repeat(200), "]".repeat(200));
+    let long = format!(
+        r#"{{"patientId":"{}a",{ts},"medication":"A"}}"#,
+        "é".repeat(32)
+    );
+    assert_eq!(
+        ours(&long),
+        Out::Err(Invalid(PatientId)),
+        "65 bytes is too long"
+    );
+    let deep = format!(
+        r#"{{"x":{}{},"patientId":"1",{ts},"medication":"A"}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
     assert_eq!(ours(&deep), Out::Err(Syntax), "nesting is bounded");
 }
 
@@ -206,9 +292,14 @@ fn arb_value() -> impl Strategy<Value = String> {
     ];
     leaf.prop_recursive(3, 16, 4, |inner| {
         prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
+            proptest::collection::vec(inner.clone(), 0..4)
+                .prop_map(|v| format!("[{}]", v.join(","))),
             proptest::collection::vec(inner, 0..3).prop_map(|v| {
-                let members: Vec<String> = v.iter().enumerate().map(|(i, x)| format!("\"k{i}\":{x}")).collect();
+                let members: Vec<String> = v
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| format!("\"k{i}\":{x}"))
+                    .collect();
                 format!("{{{}}}", members.join(","))
             }),
         ]
@@ -225,7 +316,8 @@ fn arb_body() -> impl Strategy<Value = String> {
     ];
     let ws = prop_oneof![Just(""), Just(" "), Just("\n\t "), Just("\r\n")];
     let member = (key, ws.clone(), arb_value()).prop_map(|(k, w, v)| format!("{k}{w}:{w}{v}"));
-    let body = (proptest::collection::vec(member, 0..6), ws).prop_map(|(m, w)| format!("{w}{{{}}}{w}", m.join(",")));
+    let body = (proptest::collection::vec(member, 0..6), ws)
+        .prop_map(|(m, w)| format!("{w}{{{}}}{w}", m.join(",")));
     let mutation = (0u8..6, any::<usize>(), any::<u8>());
     (body, mutation).prop_map(|(body, (kind, at, byte))| {
         let mut b = body.into_bytes();

@@ -19,7 +19,11 @@ impl Read for MockSock {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.reads += 1;
         let Some(mut piece) = self.input.pop_front() else {
-            return if self.eof { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
+            return if self.eof {
+                Ok(0)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
         };
         let n = piece.len().min(buf.len());
         buf[..n].copy_from_slice(&piece[..n]);
@@ -73,7 +77,10 @@ impl Harness {
             app: &mut self.app,
             out: &mut self.out,
             date: &self.date,
-            limits: Limits { max_header: 8192, max_body: 65536 },
+            limits: Limits {
+                max_header: 8192,
+                max_body: 65536,
+            },
             draining: false,
         };
         self.conn.on_ready(sock, &mut ctx, readable)
@@ -82,7 +89,9 @@ impl Harness {
 
 fn statuses(written: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(written);
-    text.match_indices("HTTP/1.1 ").map(|(i, _)| text[i + 9..i + 12].to_string()).collect()
+    text.match_indices("HTTP/1.1 ")
+        .map(|(i, _)| text[i + 9..i + 12].to_string())
+        .collect()
 }
 
 #[test]
@@ -91,7 +100,11 @@ fn pipelined_batch_is_one_read_and_one_write() {
     let mut sock = MockSock::default();
     sock.input.push_back(POST.repeat(40));
     assert_eq!(h.ready(&mut sock, true), Next::Keep);
-    assert_eq!((sock.reads, sock.writes), (1, 1), "short read: no extra read for EAGAIN");
+    assert_eq!(
+        (sock.reads, sock.writes),
+        (1, 1),
+        "short read: no extra read for EAGAIN"
+    );
     assert_eq!(statuses(&sock.written), vec!["201"; 40]);
     let text = String::from_utf8(std::mem::take(&mut sock.written)).unwrap();
     assert!(text.contains("{\"id\":1}") && text.ends_with("{\"id\":40}"));
@@ -118,7 +131,10 @@ fn byte_at_a_time_gives_the_same_answer() {
 #[test]
 fn held_back_output_is_flushed_on_writable_and_bounds_reading() {
     let mut h = Harness::new();
-    let mut sock = MockSock { write_room: Some(100), ..Default::default() };
+    let mut sock = MockSock {
+        write_room: Some(100),
+        ..Default::default()
+    };
     sock.input.push_back(POST.repeat(10));
     assert_eq!(h.ready(&mut sock, true), Next::Keep);
     assert_eq!(sock.written.len(), 100);
@@ -150,7 +166,9 @@ fn expect_continue_then_body() {
 fn framing_error_closes_with_linger_when_input_is_unread() {
     let mut h = Harness::new();
     let mut sock = MockSock::default();
-    sock.input.push_back(b"POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\nxxxx".to_vec());
+    sock.input.push_back(
+        b"POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\nxxxx".to_vec(),
+    );
     assert_eq!(h.ready(&mut sock, true), Next::Linger);
     assert_eq!(statuses(&sock.written), vec!["413"]);
     sock.input.push_back(vec![b'x'; 5000]);
@@ -162,7 +180,10 @@ fn framing_error_closes_with_linger_when_input_is_unread() {
 #[test]
 fn client_half_close_gets_its_answers_then_close() {
     let mut h = Harness::new();
-    let mut sock = MockSock { eof: true, ..Default::default() };
+    let mut sock = MockSock {
+        eof: true,
+        ..Default::default()
+    };
     sock.input.push_back(POST.repeat(2));
     // The piece fills less than the buffer, so EOF is seen on the next readiness.
     assert_eq!(h.ready(&mut sock, true), Next::Keep);
@@ -176,11 +197,18 @@ fn a_body_bigger_than_the_buffer_grows_it_then_shrinks_back() {
     let mut sock = MockSock::default();
     let pad = "x".repeat(30_000);
     let body = format!(r#"{{"pad":"{pad}","patientId":1,"timestamp":0,"medication":"A"}}"#);
-    let req = format!("POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let req = format!(
+        "POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     sock.input.push_back(req.into_bytes());
     while statuses(&sock.written).is_empty() {
         assert_eq!(h.ready(&mut sock, true), Next::Keep);
     }
     assert_eq!(statuses(&sock.written), vec!["201"]);
-    assert_eq!(h.conn.buf.len(), DEFAULT_BUF, "idle connection holds the default buffer only");
+    assert_eq!(
+        h.conn.buf.len(),
+        DEFAULT_BUF,
+        "idle connection holds the default buffer only"
+    );
 }

@@ -13,7 +13,13 @@ fn usage_for(slot: u64, patient: &mut String, med: &mut String) -> (Timestamp, u
         _ => write!(patient, "a-long-patient-name-{}", slot % 5000).unwrap(),
     }
     write!(med, "Medication-{}", slot % 97).unwrap();
-    (Timestamp { ms: slot as i64 * 1000 - 5, offset_min: (slot % 2161) as i16 - 1080 }, slot * 7)
+    (
+        Timestamp {
+            ms: slot as i64 * 1000 - 5,
+            offset_min: (slot % 2161) as i16 - 1080,
+        },
+        slot * 7,
+    )
 }
 
 fn check(got: StoredUsage, slot: u64) {
@@ -30,8 +36,17 @@ fn check(got: StoredUsage, slot: u64) {
 fn append(w: &mut StripeWriter, slot: u64) -> u64 {
     let (mut p, mut m) = (String::new(), String::new());
     let (timestamp, num) = usage_for(slot, &mut p, &mut m);
-    let patient = if p.is_empty() { Patient::Num(num) } else { Patient::Str(p.as_bytes()) };
-    w.append(&Usage { patient, timestamp, medication: m.as_bytes() }).unwrap()
+    let patient = if p.is_empty() {
+        Patient::Num(num)
+    } else {
+        Patient::Str(p.as_bytes())
+    };
+    w.append(&Usage {
+        patient,
+        timestamp,
+        medication: m.as_bytes(),
+    })
+    .unwrap()
 }
 
 #[test]
@@ -59,16 +74,41 @@ fn edge_strings() {
     let store = Arc::new(Store::new(1));
     let mut w = store.writer(0);
     let sixty_four = "é".repeat(32);
-    for (patient, med) in [("12345678", "A"), ("123456789", "\"quoted\"\n"), (sixty_four.as_str(), sixty_four.as_str())] {
-        let ts = Timestamp { ms: -1, offset_min: -1080 };
-        let id = w.append(&Usage { patient: Patient::Str(patient.as_bytes()), timestamp: ts, medication: med.as_bytes() }).unwrap();
+    for (patient, med) in [
+        ("12345678", "A"),
+        ("123456789", "\"quoted\"\n"),
+        (sixty_four.as_str(), sixty_four.as_str()),
+    ] {
+        let ts = Timestamp {
+            ms: -1,
+            offset_min: -1080,
+        };
+        let id = w
+            .append(&Usage {
+                patient: Patient::Str(patient.as_bytes()),
+                timestamp: ts,
+                medication: med.as_bytes(),
+            })
+            .unwrap();
         let got = store.get(id).unwrap();
         assert_eq!(got.medication(), med.as_bytes());
         assert_eq!(got.timestamp, ts);
         assert!(matches!(got.patient, StoredPatient::Str(b, n) if &b[..n] == patient.as_bytes()));
     }
-    let id = w.append(&Usage { patient: Patient::Num((1 << 53) - 1), timestamp: Timestamp { ms: 0, offset_min: 0 }, medication: b"A" }).unwrap();
-    assert_eq!(store.get(id).unwrap().patient, StoredPatient::Num((1 << 53) - 1));
+    let id = w
+        .append(&Usage {
+            patient: Patient::Num((1 << 53) - 1),
+            timestamp: Timestamp {
+                ms: 0,
+                offset_min: 0,
+            },
+            medication: b"A",
+        })
+        .unwrap();
+    assert_eq!(
+        store.get(id).unwrap().patient,
+        StoredPatient::Num((1 << 53) - 1)
+    );
 }
 
 #[test]
@@ -80,18 +120,36 @@ fn string_table_crosses_chunks_and_interns() {
     let ids: Vec<u64> = (0..20_000)
         .map(|i| {
             let m = name(i);
-            let u = Usage { patient: Patient::Num(i), timestamp: Timestamp { ms: 0, offset_min: 0 }, medication: m.as_bytes() };
+            let u = Usage {
+                patient: Patient::Num(i),
+                timestamp: Timestamp {
+                    ms: 0,
+                    offset_min: 0,
+                },
+                medication: m.as_bytes(),
+            };
             w.append(&u).unwrap()
         })
         .collect();
     let words_after_first_pass = w.string_words;
     for (i, id) in ids.iter().enumerate() {
-        assert_eq!(store.get(*id).unwrap().medication(), name(i as u64).as_bytes());
+        assert_eq!(
+            store.get(*id).unwrap().medication(),
+            name(i as u64).as_bytes()
+        );
     }
     // The same strings again are interned: the table does not grow.
     for i in 0..20_000 {
         let m = name(i);
-        w.append(&Usage { patient: Patient::Num(i), timestamp: Timestamp { ms: 0, offset_min: 0 }, medication: m.as_bytes() }).unwrap();
+        w.append(&Usage {
+            patient: Patient::Num(i),
+            timestamp: Timestamp {
+                ms: 0,
+                offset_min: 0,
+            },
+            medication: m.as_bytes(),
+        })
+        .unwrap();
     }
     assert_eq!(w.string_words, words_after_first_pass);
 }

@@ -1,0 +1,209 @@
+//! Helpers that make each integration test read like the spec: start the real binary on
+//! `--port 0`, speak raw bytes, read answers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const README_BODY: &str = r#"{"patientId":"100","timestamp":"Tue Nov 01 2016 09:11:51 GMT-0500 (CDT)","medication":"Albuterol"}"#;
+
+/// A running `usaged`, stopped with SIGTERM when dropped.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Server {
+    /// `--port 0 --threads 4 --no-pin` plus `extra`; returns once `listening on` was printed.
+    pub fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_usaged"))
+            .args([
+                "--port",
+                "0",
+                "--threads",
+                "4",
+                "--no-pin",
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start usaged");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).expect("read startup line");
+        assert!(
+            line.starts_with("listening on 127.0.0.1:"),
+            "startup line: {line:?}"
+        );
+        assert!(
+            line.trim_end().ends_with("(4 workers)"),
+            "startup line: {line:?}"
+        );
+        let port = line["listening on 127.0.0.1:".len()..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Server { child, port }
+    }
+
+    pub fn connect(&self) -> Client {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Client {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            stream: s,
+        }
+    }
+
+    /// SIGTERM, then the exit status (killed after 15 s).
+    pub fn stop(&mut self) -> ExitStatus {
+        // `kill(1)` keeps the tests free of `unsafe`.
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                self.child.kill().unwrap();
+                panic!("server did not exit within 15 s of SIGTERM");
+            }
+            // Polling for exit (bounded above), not waiting for readiness.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).unwrap()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.text()))
+    }
+
+    /// The `error` of a JSON error body.
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .expect("error body")
+            .to_string()
+    }
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.stream.write_all(bytes.as_ref()).expect("send");
+    }
+
+    /// Read one answer (a `HEAD` answer has no body, whatever its Content-Length says).
+    pub fn read(&mut self, head_request: bool) -> Response {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("status line");
+        assert!(
+            line.starts_with("HTTP/1.1 ") && line.ends_with("\r\n"),
+            "status line {line:?}"
+        );
+        let status = line[9..12].parse().unwrap();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            self.reader.read_line(&mut h).expect("header line");
+            if h == "\r\n" {
+                break;
+            }
+            let (n, v) = h
+                .trim_end()
+                .split_once(": ")
+                .unwrap_or_else(|| panic!("header {h:?}"));
+            headers.push((n.to_string(), v.to_string()));
+        }
+        let mut r = Response {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if status >= 200 && !head_request {
+            let len: usize = r
+                .header("content-length")
+                .expect("Content-Length")
+                .parse()
+                .unwrap();
+            r.body = vec![0; len];
+            self.reader.read_exact(&mut r.body).expect("body");
+        }
+        r
+    }
+
+    pub fn request(&mut self, bytes: impl AsRef<[u8]>) -> Response {
+        let head = bytes.as_ref().starts_with(b"HEAD ");
+        self.send(bytes);
+        self.read(head)
+    }
+
+    /// The server closed the connection: EOF (or a reset) and nothing else.
+    pub fn assert_closed(&mut self) {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => assert!(
+                rest.is_empty(),
+                "unexpected bytes before close: {:?}",
+                String::from_utf8_lossy(&rest)
+            ),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+}
+
+pub fn post(body: &str) -> String {
+    format!(
+        "POST /api/usages HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+pub fn get(id: u64) -> String {
+    format!("GET /api/usages/{id} HTTP/1.1\r\nHost: t\r\n\r\n")
+}
