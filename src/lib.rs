@@ -4,7 +4,7 @@
 //! `SO_REUSEPORT` listener. When a connection is readable, [`server::conn`] makes one `read` into
 //! the connection's buffer, then [`http::request`] frames every complete request in it (head via
 //! `httparse`, body by `Content-Length` or [`http::chunked`]) without copying, [`app::router`]
-//! picks the route, [`json::scan`] and [`time::parse`] validate a posted usage, and
+//! picks the route, [`json::scan`] and [`time::parse()`] validate a posted usage, and
 //! [`store::arena`] appends it to this worker's stripe and hands out its id. Each answer is
 //! appended to the worker's output buffer ([`http::response`]); after the last complete request
 //! the whole batch leaves in one `write`.

@@ -1,5 +1,5 @@
 //! `SO_REUSEPORT` listeners through `libc`: the only socket `unsafe` in the crate. Every call
-//! goes through [`cvt`], and each fd is owned (`OwnedFd`) the moment it exists.
+//! goes through `cvt`, and each fd is owned (`OwnedFd`) the moment it exists.
 
 use std::io;
 use std::mem;

@@ -1,4 +1,4 @@
-//! Timestamps: the accepted input forms ([`parse`]), calendar arithmetic ([`civil`]) and the
+//! Timestamps: the accepted input forms ([`mod@parse`]), calendar arithmetic ([`civil`]) and the
 //! RFC 3339 output form ([`rfc3339`]). Bytes in, values out: nothing here allocates.
 #![forbid(unsafe_code)]
 
@@ -10,7 +10,7 @@ pub use parse::{from_epoch_ms, parse};
 
 /// An instant (milliseconds since the Unix epoch, UTC) and the UTC offset it was written in.
 ///
-/// INVARIANT (upheld by the constructors in [`parse`]): the local date `ms + offset` lies in
+/// INVARIANT (upheld by the constructors in [`mod@parse`]): the local date `ms + offset` lies in
 /// the years 0000..=9999 and `|offset_min| <= 18 * 60`, so it always prints as RFC 3339.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timestamp {
