@@ -1,0 +1,85 @@
+# Shared helpers for bench/*.sh (sourced, not run).
+
+# Install what the benches use, from Debian, when missing.
+ensure_tools() {
+  local missing=()
+  command -v wrk >/dev/null || missing+=(wrk)
+  command -v nginx >/dev/null || missing+=(nginx-light)
+  command -v python3 >/dev/null || missing+=(python3)
+  if ((${#missing[@]})); then
+    echo "installing ${missing[*]}" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+# start_usaged CPU ARGS...: start the release binary pinned to CPU; sets USAGED_PID, USAGED_PORT.
+start_usaged() {
+  local cpu=$1; shift
+  local log="$WORK/usaged.err"
+  taskset -c "$cpu" "$ROOT/target/release/usaged" --port 0 --bind 127.0.0.1 "$@" 2>"$log" &
+  USAGED_PID=$!
+  for _ in $(seq 1 500); do
+    if grep -q '^listening on' "$log"; then
+      USAGED_PORT=$(sed -n 's/^listening on [0-9.]*:\([0-9]*\).*/\1/p' "$log")
+      return 0
+    fi
+    kill -0 "$USAGED_PID" 2>/dev/null || { cat "$log" >&2; return 1; }
+    sleep 0.01
+  done
+  echo "usaged did not start" >&2
+  return 1
+}
+
+# start_nginx CPU PORT: the reference server, one worker pinned to CPU; sets NGINX_PID.
+start_nginx() {
+  local cpu=$1 port=$2
+  mkdir -p "$WORK/nginx"
+  sed "s/127.0.0.1:3001/127.0.0.1:$port/" "$ROOT/bench/nginx.conf" >"$WORK/nginx/nginx.conf"
+  taskset -c "$cpu" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" \
+    -g "pid $WORK/nginx/nginx.pid; error_log $WORK/nginx/error.log;" &
+  NGINX_PID=$!
+  wait_port "$port"
+}
+
+# wait_port PORT: until something accepts on it (bounded: 5 s).
+wait_port() {
+  for _ in $(seq 1 500); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.01
+  done
+  echo "nothing listening on port $1" >&2
+  return 1
+}
+
+# cpu_ticks PID: utime+stime of all the process's threads and of its child processes (nginx's
+# workers), in clock ticks.
+cpu_ticks() {
+  local pids=("$1") total=0 p
+  mapfile -t -O 1 pids < <(pgrep -P "$1" || true)
+  pids[0]=$1
+  for p in "${pids[@]}"; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+
+# rss_kib PID
+rss_kib() {
+  awk '/^VmRSS/ {print $2}' "/proc/$1/status"
+}
+
+median() {
+  sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "nan"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2] + a[NR/2+1]) / 2}'
+}
+
+record_machine() {
+  {
+    echo "date: $(date -u +%FT%TZ)"
+    echo "git: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo +dirty)"
+    echo "cpu: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo) ($(nproc) CPUs)"
+    echo "kernel: $(uname -r)"
+    echo "wrk: $(wrk -v 2>&1 | head -1)"
+    echo "nginx: $(nginx -v 2>&1)"
+    echo "rustc: $(rustc --version)"
+  } >"$1"
+}
