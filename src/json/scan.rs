@@ -351,6 +351,15 @@ impl Scanner<'_> {
     fn string(&mut self) -> Result<(usize, usize), Syntax> {
         self.pos += 1;
         let start = self.pos;
+        // Fast path, the usual case: printable ASCII up to the closing quote. Nothing to
+        // rewrite and nothing to validate as UTF-8.
+        let plain = self.buf[start..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b));
+        if let Some(n) = plain.filter(|&n| self.buf[start + n] == b'"') {
+            self.pos = start + n + 1;
+            return Ok((start, n));
+        }
         let mut w = start;
         loop {
             let b = self.peek().ok_or(Syntax)?;
