@@ -83,3 +83,16 @@ record_machine() {
     echo "rustc: $(rustc --version)"
   } >"$1"
 }
+
+# setup_results SUFFIX COMMAND...: build the release binary, create the results folder
+# bench/results/<UTC stamp>-<host>SUFFIX/ (sets OUT, and WORK for raw output), record the
+# machine and the command.
+setup_results() {
+  local suffix=$1; shift
+  (cd "$ROOT" && cargo build --release --quiet)
+  OUT="$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)-$(hostname)$suffix"
+  WORK="$OUT/raw"
+  mkdir -p "$WORK"
+  record_machine "$OUT/machine.txt"
+  echo "$*" >"$OUT/command.txt"
+}

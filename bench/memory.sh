@@ -10,6 +10,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 source "$ROOT/bench/lib.sh"
 
+args=("$@")
 usages=10000000 idle=10000 server_cpu=0 load_cpu=1
 usage() { sed -n '2p' "$0" | sed 's/^# //'; exit 2; }
 while (($#)); do
@@ -24,12 +25,7 @@ while (($#)); do
 done
 
 ensure_tools
-(cd "$ROOT" && cargo build --release --quiet)
-OUT="$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)-$(hostname)-memory"
-WORK="$OUT/raw"
-mkdir -p "$WORK"
-record_machine "$OUT/machine.txt"
-echo "bench/memory.sh $*" >"$OUT/command.txt"
+setup_results -memory bench/memory.sh "${args[@]}"
 ulimit -n $((idle + 1024)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 trap 'kill ${USAGED_PID:-} 2>/dev/null || true' EXIT
 

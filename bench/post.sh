@@ -9,6 +9,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 source "$ROOT/bench/lib.sh"
 
+args=("$@")
 secs=10 conns=64 runs=3 depth=16 server_cpu=0 load_cpu=1
 usage() { sed -n '2p' "$0" | sed 's/^# //'; exit 2; }
 while (($#)); do
@@ -25,12 +26,7 @@ while (($#)); do
 done
 
 ensure_tools
-(cd "$ROOT" && cargo build --release --quiet)
-OUT="$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)-$(hostname)"
-WORK="$OUT/raw"
-mkdir -p "$WORK"
-record_machine "$OUT/machine.txt"
-echo "bench/post.sh $*" >"$OUT/command.txt"
+setup_results "" bench/post.sh "${args[@]}"
 trap 'kill ${USAGED_PID:-} ${NGINX_PID:-} 2>/dev/null || true' EXIT
 
 # run_one NAME PID PORT SCENARIO: one wrk run; appends "name scenario rps cpu_us_per_req errors".
