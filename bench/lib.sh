@@ -6,6 +6,7 @@ ensure_tools() {
   command -v wrk >/dev/null || missing+=(wrk)
   command -v nginx >/dev/null || missing+=(nginx-light)
   command -v python3 >/dev/null || missing+=(python3)
+  command -v gnuplot >/dev/null || missing+=(gnuplot-nox)
   if ((${#missing[@]})); then
     echo "installing ${missing[*]}" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -30,11 +31,13 @@ start_usaged() {
   return 1
 }
 
-# start_nginx CPU PORT: the reference server, one worker pinned to CPU; sets NGINX_PID.
+# start_nginx CPUS PORT [WORKERS]: the reference server (default one worker) pinned to CPUS;
+# sets NGINX_PID.
 start_nginx() {
-  local cpu=$1 port=$2
+  local cpu=$1 port=$2 workers=${3:-1}
   mkdir -p "$WORK/nginx"
-  sed "s/127.0.0.1:3001/127.0.0.1:$port/" "$ROOT/bench/nginx.conf" >"$WORK/nginx/nginx.conf"
+  sed -e "s/127.0.0.1:3001/127.0.0.1:$port/" -e "s/^worker_processes 1;/worker_processes $workers;/" \
+    "$ROOT/bench/nginx.conf" >"$WORK/nginx/nginx.conf"
   taskset -c "$cpu" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" \
     -g "pid $WORK/nginx/nginx.pid; error_log $WORK/nginx/error.log;" &
   NGINX_PID=$!

@@ -353,10 +353,8 @@ impl Scanner<'_> {
         let start = self.pos;
         // Fast path, the usual case: printable ASCII up to the closing quote. Nothing to
         // rewrite and nothing to validate as UTF-8.
-        let plain = self.buf[start..]
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b));
-        if let Some(n) = plain.filter(|&n| self.buf[start + n] == b'"') {
+        let n = plain_run(&self.buf[start..]);
+        if self.buf.get(start + n) == Some(&b'"') {
             self.pos = start + n + 1;
             return Ok((start, n));
         }
@@ -429,6 +427,34 @@ impl Scanner<'_> {
         self.pos += 4;
         Ok(v)
     }
+}
+
+/// Whether `b` can stand for itself in a string without a second look: printable ASCII other
+/// than `"` and `\\`.
+const fn is_plain(b: u8) -> bool {
+    b >= 0x20 && b < 0x80 && b != b'"' && b != b'\\'
+}
+
+/// How many leading bytes of `s` are [`is_plain`], eight at a time (SWAR): a byte is special
+/// when it is below 0x20, has its high bit set, or equals `"` or `\\`. The per-byte tests
+/// borrow only out of a special byte, so the lowest flagged byte is exact.
+fn plain_run(s: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut i = 0;
+    while let Some(word) = s.get(i..i + 8) {
+        let w = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        let special = (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+            | (w & HIGH)
+            | zero_byte(w ^ (ONES * u64::from(b'"')))
+            | zero_byte(w ^ (ONES * u64::from(b'\\')));
+        if special != 0 {
+            return i + (special.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + s[i..].iter().take_while(|&&b| is_plain(b)).count()
 }
 
 #[cfg(test)]

@@ -234,7 +234,10 @@ impl Conn {
             let (body_len, consumed) = match p.head.framing {
                 Framing::None => (0, 0),
                 Framing::Length(n) if self.end - body_start >= n => (n, n),
-                Framing::Length(_) => return self.await_body(p, ctx),
+                Framing::Length(n) => {
+                    self.reserve(p.head.len + n);
+                    return self.await_body(p, ctx);
+                }
                 Framing::Chunked => match p
                     .chunked
                     .advance(&mut self.buf[body_start..self.end], ctx.limits.max_body)
@@ -303,15 +306,37 @@ impl Conn {
         self.grow(limits)
     }
 
+    /// Room for a request of `len` bytes from `start`, in one step (its length is known).
+    fn reserve(&mut self, len: usize) {
+        if self.start + len <= self.buf.len() {
+            return;
+        }
+        if len <= self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+        } else {
+            self.resize(len.next_multiple_of(DEFAULT_BUF));
+        }
+        self.end -= self.start;
+        self.start = 0;
+    }
+
+    /// A buffer of `size` bytes holding `buf[start..end]` at its start.
+    #[cold]
+    fn resize(&mut self, size: usize) {
+        let mut bigger = vec![0; size].into_boxed_slice();
+        bigger[..self.end - self.start].copy_from_slice(&self.buf[self.start..self.end]);
+        self.buf = bigger;
+    }
+
     #[cold]
     fn grow(&mut self, limits: Limits) -> bool {
         let max = limits.max_buf();
         if self.buf.len() >= max {
             return false;
         }
-        let mut bigger = vec![0; (self.buf.len() * 2).min(max)].into_boxed_slice();
-        bigger[..self.end].copy_from_slice(&self.buf[..self.end]);
-        self.buf = bigger;
+        self.resize((self.buf.len() * 2).min(max));
+        self.end -= self.start;
+        self.start = 0;
         true
     }
 

@@ -337,6 +337,18 @@ fn arb_body() -> impl Strategy<Value = String> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(5000))]
 
+    /// The word-at-a-time scan against the obvious byte loop, on bytes biased to the edges.
+    #[test]
+    fn plain_run_matches_the_naive_loop(
+        bytes in proptest::collection::vec(prop_oneof![0x20u8..0x7f, Just(b'"'), Just(b'\\'), Just(0x1f), Just(0x7f), Just(0x80), any::<u8>()], 0..40),
+        plain_prefix in 0usize..40,
+    ) {
+        let mut s = vec![b'a'; plain_prefix];
+        s.extend_from_slice(&bytes);
+        let naive = s.iter().take_while(|&&b| is_plain(b)).count();
+        prop_assert_eq!(plain_run(&s), naive);
+    }
+
     #[test]
     fn agrees_with_serde_json(body in arb_body()) {
         // serde_json rejects numbers beyond f64's range; RFC 8259 lets us accept them.
