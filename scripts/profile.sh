@@ -3,7 +3,8 @@
 #
 # Profile usaged under wrk load: perf record (software cpu-clock event, call graphs) on the
 # `profiling` build (release code, full symbols), folded with inferno into flamegraph.svg;
-# also perf stat software counters. Output in bench/results/<UTC stamp>-<host>-profile/.
+# also perf stat software counters and syscalls per request (strace -c -f over a short wrk
+# run; strace slows the server, the counts stay right). Output in bench/results/<UTC stamp>-<host>-profile/.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 source "$ROOT/bench/lib.sh"
@@ -22,14 +23,16 @@ while (($#)); do
 done
 
 ensure_tools
-command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
+for tool in perf:linux-perf strace:strace; do
+  command -v "${tool%%:*}" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool#*:}" >/dev/null; }
+done
 command -v inferno-flamegraph >/dev/null || cargo install --quiet inferno
 (cd "$ROOT" && cargo build --profile profiling --quiet)
 OUT="$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)-$(hostname)-profile"
 WORK="$OUT/raw"
 mkdir -p "$WORK"
 record_machine "$OUT/machine.txt"
-trap 'kill ${USAGED_PID:-} ${LOAD_PID:-} 2>/dev/null || true' EXIT
+trap 'kill ${USAGED_PID:-} ${LOAD_PID:-} ${STRACE_PID:-} 2>/dev/null || true' EXIT
 
 # Start the profiling build (start_usaged runs target/release; point it at the profiling one).
 taskset -c "$server_cpu" "$ROOT/target/profiling/usaged" --port 0 --bind 127.0.0.1 --threads 1 2>"$WORK/usaged.err" &
@@ -46,6 +49,18 @@ wait "$LOAD_PID" || true
 perf script -i "$WORK/perf.data" 2>/dev/null | inferno-collapse-perf >"$WORK/folded.txt"
 inferno-flamegraph <"$WORK/folded.txt" >"$OUT/flamegraph.svg"
 { perf report -i "$WORK/perf.data" --no-children -g none --stdio --percent-limit 0.8 2>/dev/null || true; } | grep -v "^#" | grep -v "^$" >"$OUT/top.txt" || true
+# Syscalls per request.
+strace -c -f -p "$USAGED_PID" -o "$WORK/strace.txt" &
+STRACE_PID=$!
+sleep 0.5 # let strace attach before the load starts (its attach message is not machine-readable)
+DEPTH=16 taskset -c "$load_cpu" wrk -t1 -c64 -d3s -s "$ROOT/bench/$script" \
+  "http://127.0.0.1:$USAGED_PORT/api/usages" >"$WORK/wrk-strace.txt" 2>&1
+kill -INT "$STRACE_PID"; wait "$STRACE_PID" || true
+reqs=$(awk '/requests in/ {print $1}' "$WORK/wrk-strace.txt")
+{
+  echo "requests: $reqs"
+  awk -v n="$reqs" '$1 ~ /^[0-9.]+$/ && NF >= 5 {printf "%-14s %10d calls  %.3f per request\n", $NF, $4, $4 / n}' "$WORK/strace.txt"
+} | tee "$OUT/syscalls.txt"
 grep Requests/sec "$WORK/wrk.txt"
 cat "$OUT/perf-stat.txt"
 head -40 "$OUT/top.txt"
