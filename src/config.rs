@@ -5,6 +5,8 @@ use std::time::Duration;
 
 pub const USAGE: &str = "\
 usage: usaged [--bind ADDR] [--port N] [--threads N] [--no-pin] [--max-body BYTES] [--max-header BYTES]
+              [--max-conns N] [--header-timeout S] [--body-timeout S] [--idle-timeout S]
+              [--write-timeout S] [--shutdown-timeout S]
 
   --bind ADDR          address to listen on                      [default: 0.0.0.0]
   --port N             TCP port, 0 picks a free one              [default: $PORT, else 3000]
@@ -12,7 +14,17 @@ usage: usaged [--bind ADDR] [--port N] [--threads N] [--no-pin] [--max-body BYTE
   --no-pin             do not pin worker i to the i-th allowed CPU
   --max-body BYTES     largest request body accepted (else 413)  [default: 65536]
   --max-header BYTES   largest request line + headers (else 431) [default: 8192]
+  --max-conns N        open connections per worker; past it new ones wait in the backlog
+                       [default: the open-file limit, less a reserve, shared by the workers]
+  --header-timeout S   seconds from a request's first byte to the end of its head (else 408)
+                       [default: 10]
+  --body-timeout S     seconds from the end of the head to the end of the body (else 408)
+                       [default: 30]
+  --idle-timeout S     seconds a keep-alive connection may wait for its next request [default: 60]
+  --write-timeout S    seconds a client may take none of its answers before it is cut off
+                       [default: 30]
   --shutdown-timeout S seconds to finish open requests on SIGINT/SIGTERM [default: 10]
+  (seconds may have a fraction: 0.5)
   -h, --help           print this help
 ";
 
@@ -25,6 +37,12 @@ pub struct Config {
     pub pin: bool,
     pub max_body: usize,
     pub max_header: usize,
+    /// `None`: derived from the open-file limit at start.
+    pub max_conns: Option<usize>,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
     pub shutdown_timeout: Duration,
 }
 
@@ -37,6 +55,11 @@ impl Default for Config {
             pin: true,
             max_body: 64 * 1024,
             max_header: 8 * 1024,
+            max_conns: None,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
         }
     }
@@ -86,14 +109,28 @@ pub fn parse(
             "--max-header" => {
                 c.max_header = number(&flag, &value("bytes")?, 256, 1 << 20)? as usize
             }
-            "--shutdown-timeout" => {
-                c.shutdown_timeout =
-                    Duration::from_secs(number(&flag, &value("seconds")?, 0, 3600)?);
+            "--max-conns" => {
+                c.max_conns = Some(number(&flag, &value("a count")?, 1, 10_000_000)? as usize)
             }
+            "--header-timeout" => c.header_timeout = seconds(&flag, &value("seconds")?)?,
+            "--body-timeout" => c.body_timeout = seconds(&flag, &value("seconds")?)?,
+            "--idle-timeout" => c.idle_timeout = seconds(&flag, &value("seconds")?)?,
+            "--write-timeout" => c.write_timeout = seconds(&flag, &value("seconds")?)?,
+            "--shutdown-timeout" => c.shutdown_timeout = seconds(&flag, &value("seconds")?)?,
             _ => return Err(format!("unknown flag {arg:?} (see --help)")),
         }
     }
     Ok(Command::Serve(c))
+}
+
+/// A duration in seconds, fractions allowed, from 0.1 s to one day.
+fn seconds(flag: &str, v: &str) -> Result<Duration, String> {
+    match v.parse::<f64>() {
+        Ok(s) if (0.1..=86_400.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "invalid {flag} {v:?}: expected seconds from 0.1 to 86400"
+        )),
+    }
 }
 
 fn number(flag: &str, v: &str, min: u64, max: u64) -> Result<u64, String> {
@@ -132,6 +169,16 @@ mod tests {
         );
         assert_eq!(c.bind, IpAddr::from([127, 0, 0, 1]));
         assert_eq!(parse(args("--help"), None), Ok(Command::Help));
+        let Ok(Command::Serve(c)) = parse(
+            args("--header-timeout 0.5 --max-conns 7 --shutdown-timeout=2"),
+            None,
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            (c.header_timeout, c.max_conns, c.shutdown_timeout),
+            (Duration::from_millis(500), Some(7), Duration::from_secs(2))
+        );
     }
 
     #[test]
@@ -143,6 +190,9 @@ mod tests {
             ("--bind nowhere", "--bind"),
             ("--max-body -1", "--max-body"),
             ("--frobnicate", "--frobnicate"),
+            ("--header-timeout 0", "--header-timeout"),
+            ("--idle-timeout soon", "--idle-timeout"),
+            ("--max-conns 0", "--max-conns"),
         ] {
             let e = parse(args(input), None).unwrap_err();
             assert!(e.contains(needle), "{input}: {e}");

@@ -28,6 +28,11 @@ fn main() -> ExitCode {
         eprintln!("usaged: cannot block shutdown signals: {e}");
         return ExitCode::FAILURE;
     }
+    let nofile = match server::rlimit::raise_open_files() {
+        Ok((before, after)) if before < after => format!("{after} (raised from {before})"),
+        Ok((_, after)) => after.to_string(),
+        Err(e) => format!("unknown ({e})"),
+    };
     let running = match server::start(&config) {
         Ok(r) => r,
         Err(e) => {
@@ -38,6 +43,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let cpus: Vec<String> = running
+        .cpus
+        .iter()
+        .map(|c| c.map_or("-".into(), |c| c.to_string()))
+        .collect();
+    eprintln!(
+        "usaged: {} workers on CPUs [{}]; open files {}; max {} connections per worker; \
+         max body {} B, max header {} B; timeouts: header {:?}, body {:?}, idle {:?}, write {:?}, \
+         shutdown {:?}",
+        running.workers,
+        cpus.join(","),
+        nofile,
+        running.max_conns,
+        config.max_body,
+        config.max_header,
+        config.header_timeout,
+        config.body_timeout,
+        config.idle_timeout,
+        config.write_timeout,
+        config.shutdown_timeout,
+    );
     eprintln!(
         "listening on {} ({} workers)",
         running.addr, running.workers

@@ -10,8 +10,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use usaged::app::App;
 use usaged::http::date::DateCache;
-use usaged::server::conn::{Conn, Ctx, DEFAULT_BUF, Limits, Next};
+use usaged::server::conn::{Conn, Ctx, DEFAULT_BUF, Limits, Next, Timeouts};
 use usaged::store::Store;
+
+const TIMEOUTS: Timeouts = Timeouts {
+    header_ms: 10_000,
+    body_ms: 10_000,
+    idle_ms: 60_000,
+    write_ms: 10_000,
+    linger_ms: 2000,
+};
 
 struct Counting;
 
@@ -103,6 +111,7 @@ fn steady_state_requests_allocate_nothing() {
     let limits = Limits {
         max_header: 8192,
         max_body: 65536,
+        timeouts: TIMEOUTS,
     };
     let mut run = |sock: &mut Loopback, n: usize| {
         for _ in 0..n {
@@ -113,6 +122,7 @@ fn steady_state_requests_allocate_nothing() {
                 date: &date,
                 limits,
                 draining: false,
+                now_ms: 0,
             };
             assert_eq!(conn.on_ready(sock, &mut ctx, true), Next::Keep);
         }

@@ -11,6 +11,8 @@ pub enum Reject {
     NotFound,
     /// Known path, other method; the value is the `Allow` list.
     MethodNotAllowed(&'static str),
+    /// The request did not arrive within the header or body timeout: 408, closed.
+    RequestTimeout,
     LengthRequired,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -33,6 +35,9 @@ impl Reject {
                 "method not allowed",
                 false,
             ),
+            Reject::RequestTimeout => {
+                (b"HTTP/1.1 408 Request Timeout\r\n", "request timeout", true)
+            }
             Reject::LengthRequired => (
                 b"HTTP/1.1 411 Length Required\r\n",
                 "Content-Length required",
@@ -79,6 +84,7 @@ mod tests {
             (Reject::BadBody("x"), "400", false),
             (Reject::NotFound, "404", false),
             (Reject::MethodNotAllowed("GET"), "405", false),
+            (Reject::RequestTimeout, "408", true),
             (Reject::LengthRequired, "411", false),
             (Reject::PayloadTooLarge, "413", true),
             (Reject::UnsupportedMediaType, "415", false),

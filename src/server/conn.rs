@@ -26,6 +26,32 @@ const LINGER_MAX: usize = 1 << 20;
 pub struct Limits {
     pub max_header: usize,
     pub max_body: usize,
+    pub timeouts: Timeouts,
+}
+
+/// How long each state may last, in milliseconds of the worker's coarse clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// From the first byte of a request to the end of its head (`408`).
+    pub header_ms: u64,
+    /// From the end of the head to the end of the body (`408`).
+    pub body_ms: u64,
+    /// A keep-alive connection with no request in progress (closed quietly).
+    pub idle_ms: u64,
+    /// A client that takes none of its output for this long is cut off.
+    pub write_ms: u64,
+    /// Reading and discarding before a close.
+    pub linger_ms: u64,
+}
+
+/// What a connection's deadline stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    Idle,
+    Header,
+    Body,
+    Write,
+    Linger,
 }
 
 impl Limits {
@@ -45,6 +71,8 @@ pub struct Ctx<'a> {
     pub limits: Limits,
     /// Shutting down: every answer closes its connection.
     pub draining: bool,
+    /// The worker's coarse clock (milliseconds), read once per loop turn.
+    pub now_ms: u64,
 }
 
 /// What the worker does with the connection after [`Conn::on_ready`].
@@ -64,6 +92,8 @@ struct Pending {
     route: Result<Route, Reject>,
     chunked: Chunked,
     continue_sent: bool,
+    /// When the head was complete (the body timeout runs from here).
+    since_ms: u64,
 }
 
 /// Why [`Conn::process`] stopped.
@@ -89,7 +119,22 @@ pub struct Conn {
     eof: bool,
     /// The last read left the socket drained.
     drained: bool,
+    /// The event said the peer closed its side (EPOLLRDHUP): read on to the EOF, since no
+    /// further edge will announce it.
+    hup: bool,
     lingering: Option<usize>,
+    /// When the first byte of the request at `start` arrived, once one has.
+    head_since_ms: Option<u64>,
+    /// When the connection last made progress (answered a request, wrote output).
+    active_ms: u64,
+    /// The current deadline and what it is for: see [`Conn::deadline`].
+    deadline_ms: u64,
+    timeout: Timeout,
+    /// The deadline of this connection's live entry in the worker's timer wheel, if filed
+    /// (see `timer.rs`).
+    pub filed_ms: Option<u64>,
+    /// Shutting down: input at `start >= admitted` arrived after the drain began (`503`).
+    admitted: Option<usize>,
 }
 
 impl Conn {
@@ -103,7 +148,91 @@ impl Conn {
             closing: false,
             eof: false,
             drained: true,
+            hup: false,
             lingering: None,
+            head_since_ms: None,
+            active_ms: 0,
+            deadline_ms: 0,
+            timeout: Timeout::Idle,
+            filed_ms: None,
+            admitted: None,
+        }
+    }
+
+    /// A new connection accepted at `now_ms`.
+    pub fn accepted(buf: Box<[u8]>, now_ms: u64, t: &Timeouts) -> Self {
+        let mut c = Conn::new(buf);
+        c.active_ms = now_ms;
+        c.set_deadline(now_ms, t);
+        c
+    }
+
+    /// The current deadline (milliseconds on the worker clock) and what expires then.
+    pub fn deadline(&self) -> (u64, Timeout) {
+        (self.deadline_ms, self.timeout)
+    }
+
+    /// The readiness event said the peer closed its sending side.
+    pub fn note_read_closed(&mut self) {
+        self.hup = true;
+    }
+
+    /// Shutting down: what is buffered now was read before the drain and is answered; any/// request after it gets `503` and the connection closes.
+    pub fn begin_drain(&mut self) {
+        self.admitted = Some(self.end);
+    }
+
+    /// Input moved down by `k` bytes: keep the drain mark on the same byte.
+    fn shifted(&mut self, k: usize) {
+        if let Some(a) = &mut self.admitted {
+            *a = a.saturating_sub(k);
+        }
+    }
+
+    /// Work out the deadline for the state the connection is in now: a plain store per
+    /// readiness; the timer wheel checks it lazily. A lingering close keeps the deadline it
+    /// was given when it began.
+    fn set_deadline(&mut self, now: u64, t: &Timeouts) {
+        let (at, kind) = if self.lingering.is_some() {
+            (self.deadline_ms.min(now + t.linger_ms), Timeout::Linger)
+        } else if !self.unsent.is_empty() {
+            (self.active_ms + t.write_ms, Timeout::Write)
+        } else if let Some(p) = &self.pending {
+            (p.since_ms + t.body_ms, Timeout::Body)
+        } else if self.start < self.end {
+            (
+                *self.head_since_ms.get_or_insert(now) + t.header_ms,
+                Timeout::Header,
+            )
+        } else {
+            (self.active_ms + t.idle_ms, Timeout::Idle)
+        };
+        self.deadline_ms = at;
+        self.timeout = kind;
+    }
+
+    /// The deadline passed. A request in progress gets `408` (if the connection can still
+    /// take an answer), then the connection closes.
+    #[cold]
+    pub fn on_timeout<S: Read + Write>(&mut self, sock: &mut S, ctx: &mut Ctx<'_>) -> Next {
+        ctx.out.clear();
+        match self.timeout {
+            Timeout::Header | Timeout::Body if self.unsent.is_empty() => {
+                let head = self.pending.take().map(|p| p.head);
+                app::reject(Reject::RequestTimeout, head.as_ref(), &mut answer(ctx));
+                self.closing = true;
+                match self.send(sock, ctx.out) {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => return Next::Close,
+                }
+                self.lingering = Some(0);
+                self.deadline_ms = ctx.now_ms + ctx.limits.timeouts.linger_ms;
+                self.timeout = Timeout::Linger;
+                Next::Linger
+            }
+            Timeout::Idle | Timeout::Header | Timeout::Body | Timeout::Write | Timeout::Linger => {
+                Next::Close
+            }
         }
     }
 
@@ -122,6 +251,22 @@ impl Conn {
         &mut self,
         sock: &mut S,
         ctx: &mut Ctx<'_>,
+        readable: bool,
+    ) -> Next {
+        // The worker's output buffer holds only this connection's answers (a connection that
+        // failed mid-write must not hand its answers to the next one).
+        ctx.out.clear();
+        let next = self.drive(sock, ctx, readable);
+        if next != Next::Close {
+            self.set_deadline(ctx.now_ms, &ctx.limits.timeouts);
+        }
+        next
+    }
+
+    fn drive<S: Read + Write>(
+        &mut self,
+        sock: &mut S,
+        ctx: &mut Ctx<'_>,
         mut readable: bool,
     ) -> Next {
         if let Some(discarded) = self.lingering {
@@ -129,7 +274,11 @@ impl Conn {
         }
         if !self.unsent.is_empty() {
             match write_once(sock, &self.unsent) {
-                Ok(n) => drop(self.unsent.drain(..n)),
+                Ok(0) => {}
+                Ok(n) => {
+                    self.unsent.drain(..n);
+                    self.active_ms = ctx.now_ms;
+                }
                 Err(_) => return Next::Close,
             }
             if !self.unsent.is_empty() {
@@ -166,7 +315,7 @@ impl Conn {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
                     self.end += n;
-                    readable = n == space;
+                    readable = n == space || self.hup;
                     self.drained = !readable;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -201,8 +350,15 @@ impl Conn {
                 return Stop::OutputFull;
             }
             if self.start == self.end {
+                self.shifted(self.start);
                 self.start = 0;
                 self.end = 0;
+                return Stop::Idle;
+            }
+            if self.pending.is_none() && self.admitted.is_some_and(|a| self.start >= a) {
+                let r = Reject::Unavailable("server is shutting down");
+                app::reject(r, None, &mut answer(ctx));
+                self.closing = true;
                 return Stop::Idle;
             }
             let mut p = match self.pending {
@@ -226,6 +382,7 @@ impl Conn {
                             route,
                             chunked: Chunked::default(),
                             continue_sent: false,
+                            since_ms: ctx.now_ms,
                         }
                     }
                 },
@@ -244,7 +401,9 @@ impl Conn {
                 {
                     Ok(Progress::Done { decoded, consumed }) => (decoded, consumed),
                     Ok(Progress::NeedMore) => {
-                        self.end -= p.chunked.compact(&mut self.buf[body_start..self.end]);
+                        let freed = p.chunked.compact(&mut self.buf[body_start..self.end]);
+                        self.end -= freed;
+                        self.shifted(freed);
                         return self.await_body(p, ctx);
                     }
                     Err(e) => {
@@ -269,6 +428,8 @@ impl Conn {
                 self.closing = true;
             }
             self.start = body_start + consumed;
+            self.head_since_ms = None;
+            self.active_ms = ctx.now_ms;
         }
     }
 
@@ -299,6 +460,7 @@ impl Conn {
         }
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
+            self.shifted(self.start);
             self.end -= self.start;
             self.start = 0;
             return true;
@@ -316,6 +478,7 @@ impl Conn {
         } else {
             self.resize(len.next_multiple_of(DEFAULT_BUF));
         }
+        self.shifted(self.start);
         self.end -= self.start;
         self.start = 0;
     }
@@ -335,6 +498,7 @@ impl Conn {
             return false;
         }
         self.resize((self.buf.len() * 2).min(max));
+        self.shifted(self.start);
         self.end -= self.start;
         self.start = 0;
         true
@@ -352,11 +516,13 @@ impl Conn {
         if out.is_empty() {
             return Ok(true);
         }
-        let n = write_once(sock, out)?;
-        if n < out.len() {
+        let written = write_once(sock, out);
+        let n = *written.as_ref().unwrap_or(&0);
+        if n < out.len() && written.is_ok() {
             self.unsent.extend_from_slice(&out[n..]);
         }
         out.clear();
+        written?;
         Ok(self.unsent.is_empty())
     }
 
@@ -365,6 +531,7 @@ impl Conn {
             Next::Close
         } else {
             self.lingering = Some(0);
+            self.deadline_ms = u64::MAX;
             Next::Linger
         }
     }

@@ -4,7 +4,9 @@
 
 pub mod conn;
 pub mod listener;
+pub mod rlimit;
 pub mod signals;
+pub mod timer;
 pub mod worker;
 
 use std::io;
@@ -21,6 +23,9 @@ use crate::store::Store;
 pub struct Running {
     pub addr: SocketAddr,
     pub workers: usize,
+    /// The CPU each worker is pinned to (`None`: not pinned).
+    pub cpus: Vec<Option<usize>>,
+    pub max_conns: usize,
     shutdown: Arc<AtomicBool>,
     wakers: Vec<Arc<mio::Waker>>,
     handles: Vec<JoinHandle<()>>,
@@ -35,23 +40,42 @@ pub fn start(config: &Config) -> io::Result<Running> {
     let listeners = listener::bind_all(SocketAddr::new(config.bind, config.port), threads)?;
     let addr = listeners[0].local_addr()?;
     let store = Arc::new(Store::new(threads as u32));
+    // Past the limit, connections wait in the backlog instead of failing accept with EMFILE:
+    // the open-file limit, less a reserve for the process, shared by the workers.
+    let max_conns = config.max_conns.unwrap_or_else(|| {
+        let (soft, _) = rlimit::open_files().unwrap_or((1024, 1024));
+        (soft.saturating_sub(64) as usize / threads).max(1)
+    });
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    let limits = conn::Limits {
+        max_header: config.max_header,
+        max_body: config.max_body,
+        timeouts: conn::Timeouts {
+            header_ms: ms(config.header_timeout),
+            body_ms: ms(config.body_timeout),
+            idle_ms: ms(config.idle_timeout),
+            write_ms: ms(config.write_timeout),
+            linger_ms: 2000,
+        },
+    };
+    let mut cpus = Vec::with_capacity(threads);
     let shutdown = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(threads);
     for (index, listener) in listeners.into_iter().enumerate() {
+        let core = if config.pin && !cores.is_empty() {
+            Some(cores[index % cores.len()])
+        } else {
+            None
+        };
+        cpus.push(core.map(|c| c.id));
         let setup = worker::Setup {
             index,
             listener,
-            core: if config.pin && !cores.is_empty() {
-                Some(cores[index % cores.len()])
-            } else {
-                None
-            },
+            core,
             app: App::new(Arc::clone(&store), index as u32),
-            limits: conn::Limits {
-                max_header: config.max_header,
-                max_body: config.max_body,
-            },
+            limits,
+            max_conns,
             shutdown: Arc::clone(&shutdown),
             shutdown_timeout: config.shutdown_timeout,
             ready: ready_tx.clone(),
@@ -73,6 +97,8 @@ pub fn start(config: &Config) -> io::Result<Running> {
     Ok(Running {
         addr,
         workers: threads,
+        cpus,
+        max_conns,
         shutdown,
         wakers,
         handles,

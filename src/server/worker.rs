@@ -1,6 +1,7 @@
 //! One worker: a thread pinned to one CPU, its own `mio` poll and `SO_REUSEPORT` listener, its
-//! own connections, output buffer, `Date` cache and stripe of the store. A loop turn is:
-//! wait → clock → accept → drive ready connections → shutdown check.
+//! own connections, output buffer, `Date` cache, timer wheel and stripe of the store. A loop
+//! turn reads as its phases: wait → clock → events (accept, drive) → timers → accept retry →
+//! shutdown.
 
 use std::io;
 use std::net::TcpListener as StdListener;
@@ -13,6 +14,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::conn::{Conn, Ctx, DEFAULT_BUF, Limits, Next};
+use super::timer::{Entry, Wheel};
 use crate::app::App;
 use crate::http::date::DateCache;
 
@@ -20,6 +22,11 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 /// Read buffers kept for reuse when connections close.
 const SPARE_BUFFERS: usize = 256;
+/// First and longest pause in accepting after running out of descriptors or memory.
+const BACKOFF_MIN_MS: u64 = 10;
+const BACKOFF_MAX_MS: u64 = 1000;
+/// While draining, how often the loop looks at the clock.
+const DRAIN_TICK: Duration = Duration::from_millis(50);
 
 /// Everything a worker thread starts with.
 pub struct Setup {
@@ -28,6 +35,7 @@ pub struct Setup {
     pub core: Option<core_affinity::CoreId>,
     pub app: App,
     pub limits: Limits,
+    pub max_conns: usize,
     pub shutdown: Arc<AtomicBool>,
     pub shutdown_timeout: Duration,
     /// Where the worker reports that it is accepting (with its waker) or why it cannot.
@@ -53,6 +61,7 @@ pub fn run(setup: Setup) {
         core,
         mut app,
         limits,
+        max_conns,
         shutdown,
         shutdown_timeout,
         ready,
@@ -83,20 +92,28 @@ pub fn run(setup: Setup) {
         free: Vec::new(),
         spare: Vec::new(),
         open: 0,
+        max_conns,
         out: Vec::with_capacity(128 * 1024),
         date: DateCache::default(),
         limits,
+        epoch: Instant::now(),
+        now_ms: 0,
+        wheel: Wheel::default(),
+        expired: Vec::new(),
+        accept_full: false,
+        backoff_until: None,
+        backoff_ms: BACKOFF_MIN_MS,
         draining: None,
     };
     let mut events = Events::with_capacity(1024);
     loop {
-        let timeout = w.draining.map(|_| Duration::from_millis(50));
-        if let Err(e) = poll.poll(&mut events, timeout) {
+        if let Err(e) = poll.poll(&mut events, w.poll_timeout()) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
             panic!("worker {index}: epoll_wait failed: {e}");
         }
+        w.now_ms = w.epoch.elapsed().as_millis() as u64;
         w.date.update(SystemTime::now());
         for ev in events.iter() {
             match ev.token() {
@@ -104,10 +121,12 @@ pub fn run(setup: Setup) {
                 WAKER => {}
                 t => {
                     let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                    w.drive(t, readable, &mut app);
+                    w.drive(t, readable, ev.is_read_closed(), &mut app);
                 }
             }
         }
+        w.expire(&mut app);
+        w.retry_accept(&poll);
         if shutdown.load(Ordering::Acquire) && w.draining.is_none() {
             w.start_drain(&poll, Instant::now() + shutdown_timeout);
         }
@@ -126,19 +145,51 @@ struct Worker {
     free: Vec<usize>,
     spare: Vec<Box<[u8]>>,
     open: usize,
+    max_conns: usize,
     out: Vec<u8>,
     date: DateCache,
     limits: Limits,
+    /// The coarse clock: milliseconds since `epoch`, read once per loop turn.
+    epoch: Instant,
+    now_ms: u64,
+    wheel: Wheel,
+    expired: Vec<Entry>,
+    /// At `max_conns`: new connections wait in the backlog until one closes.
+    accept_full: bool,
+    /// Out of descriptors or memory: no accepting until then (ms), then twice as long next time.
+    backoff_until: Option<u64>,
+    backoff_ms: u64,
     /// When shutting down: the deadline for the last connections.
     draining: Option<Instant>,
 }
 
 impl Worker {
+    /// Sleep until an event, the next timer bucket, the end of an accept backoff, or (while
+    /// draining) the next look at the clock.
+    fn poll_timeout(&self) -> Option<Duration> {
+        let timers = self.wheel.next_due_in(self.now_ms);
+        let backoff = self.backoff_until.map(|t| t.saturating_sub(self.now_ms));
+        let ms = match (timers, backoff) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let t = ms.map(Duration::from_millis);
+        match (t, self.draining) {
+            (Some(t), Some(_)) => Some(t.min(DRAIN_TICK)),
+            (None, Some(_)) => Some(DRAIN_TICK),
+            (t, None) => t,
+        }
+    }
+
     fn accept(&mut self, poll: &Poll) {
-        loop {
+        while self.backoff_until.is_none() {
             let Some(listener) = &self.listener else {
                 return;
             };
+            if self.open >= self.max_conns {
+                self.accept_full = true;
+                return;
+            }
             match listener.accept() {
                 Ok((mut stream, _)) => {
                     let _ = stream.set_nodelay(true);
@@ -163,45 +214,137 @@ impl Worker {
                         .spare
                         .pop()
                         .unwrap_or_else(|| vec![0; DEFAULT_BUF].into_boxed_slice());
-                    slot.conn = Some((stream, Conn::new(buf)));
+                    slot.conn = Some((
+                        stream,
+                        Conn::accepted(buf, self.now_ms, &self.limits.timeouts),
+                    ));
                     self.open += 1;
+                    self.backoff_ms = BACKOFF_MIN_MS;
+                    self.arm(index);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
-                // Out of descriptors or buffers: leave the rest in the backlog for now.
-                Err(e) => return accept_failed(self.index, &e),
+                // Out of descriptors or buffers (EMFILE, ENFILE, ENOBUFS, ENOMEM): leave the
+                // rest in the backlog, and try again after a pause that grows while it lasts.
+                Err(e) => return self.back_off(&e),
             }
         }
     }
 
-    fn drive(&mut self, t: Token, readable: bool, app: &mut App) {
-        let index = t.0 & 0xffff_ffff;
-        let Some(slot) = self.slots.get_mut(index) else {
-            return;
-        };
-        if token(index, slot.generation) != t {
-            return;
+    #[cold]
+    fn back_off(&mut self, e: &io::Error) {
+        eprintln!(
+            "worker {}: accept failed: {e}; pausing accepts for {} ms",
+            self.index, self.backoff_ms
+        );
+        self.backoff_until = Some(self.now_ms + self.backoff_ms);
+        self.backoff_ms = (self.backoff_ms * 2).min(BACKOFF_MAX_MS);
+    }
+
+    /// The listener is edge-triggered: connections that waited in the backlog while we were
+    /// full or backing off announce nothing, so look again when that ends.
+    fn retry_accept(&mut self, poll: &Poll) {
+        if self.backoff_until.is_some_and(|t| t <= self.now_ms) {
+            self.backoff_until = None;
+            self.accept(poll);
+        } else if self.accept_full && self.open < self.max_conns {
+            self.accept_full = false;
+            self.accept(poll);
         }
-        let Some((stream, conn)) = slot.conn.as_mut() else {
-            return;
-        };
-        let mut ctx = Ctx {
+    }
+
+    fn ctx<'a>(&'a mut self, app: &'a mut App) -> (Ctx<'a>, &'a mut Vec<Slot>) {
+        let ctx = Ctx {
             app,
             out: &mut self.out,
             date: &self.date,
             limits: self.limits,
             draining: self.draining.is_some(),
+            now_ms: self.now_ms,
         };
-        match conn.on_ready(stream, &mut ctx, readable) {
-            Next::Keep => {}
+        (ctx, &mut self.slots)
+    }
+
+    fn drive(&mut self, t: Token, readable: bool, read_closed: bool, app: &mut App) {
+        let index = t.0 & 0xffff_ffff;
+        match self.slots.get(index) {
+            Some(slot) if token(index, slot.generation) == t && slot.conn.is_some() => {}
+            _ => return,
+        }
+        let (mut ctx, slots) = self.ctx(app);
+        let (stream, conn) = slots[index].conn.as_mut().expect("checked above");
+        if read_closed {
+            conn.note_read_closed();
+        }
+        let next = conn.on_ready(stream, &mut ctx, readable);
+        self.after(index, next);
+    }
+
+    /// Act on what a connection asked for, and file its deadline if it moved earlier.
+    fn after(&mut self, index: usize, next: Next) {
+        match next {
+            Next::Keep => self.arm(index),
             Next::Linger => {
+                let (stream, _) = self.slots[index].conn.as_mut().expect("live connection");
                 if stream.shutdown(std::net::Shutdown::Write).is_err() {
                     self.close(index);
+                } else {
+                    self.arm(index);
                 }
             }
             Next::Close => self.close(index),
         }
+    }
+
+    fn arm(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        let Some((_, conn)) = slot.conn.as_mut() else {
+            return;
+        };
+        let (deadline, _) = conn.deadline();
+        if conn.filed_ms.is_none_or(|f| f > deadline) {
+            conn.filed_ms = Some(deadline);
+            let entry = Entry {
+                slot: index as u32,
+                generation: slot.generation,
+                filed_ms: deadline,
+            };
+            self.wheel.insert(entry);
+        }
+    }
+
+    /// Connections whose deadline passed: `408` where a request is in progress, then close.
+    fn expire(&mut self, app: &mut App) {
+        let slots = &mut self.slots;
+        self.wheel.advance(
+            self.now_ms,
+            |e| {
+                let slot = slots
+                    .get_mut(e.slot as usize)
+                    .filter(|s| s.generation == e.generation)?;
+                let (_, conn) = slot.conn.as_mut()?;
+                if conn.filed_ms != Some(e.filed_ms) {
+                    return None;
+                }
+                let (deadline, _) = conn.deadline();
+                conn.filed_ms = Some(deadline);
+                Some(deadline)
+            },
+            &mut self.expired,
+        );
+        let mut expired = std::mem::take(&mut self.expired);
+        for e in expired.drain(..) {
+            let index = e.slot as usize;
+            let (mut ctx, slots) = self.ctx(app);
+            let Some((stream, conn)) = slots[index].conn.as_mut() else {
+                continue;
+            };
+            conn.filed_ms = None;
+            let next = conn.on_timeout(stream, &mut ctx);
+            self.after(index, next);
+        }
+        self.expired = expired;
     }
 
     fn close(&mut self, index: usize) {
@@ -218,26 +361,19 @@ impl Worker {
         }
     }
 
-    /// Stop accepting and close idle connections; the rest finish (closing after their
-    /// answer) until the deadline.
+    /// Stop accepting and close idle connections; the rest answer what they had read (closing
+    /// after it; later requests get `503`) until the deadline.
     fn start_drain(&mut self, poll: &Poll, deadline: Instant) {
         self.draining = Some(deadline);
         if let Some(mut l) = self.listener.take() {
             let _ = poll.registry().deregister(&mut l);
         }
         for i in 0..self.slots.len() {
-            if self.slots[i]
-                .conn
-                .as_ref()
-                .is_some_and(|(_, c)| c.is_idle())
-            {
-                self.close(i);
+            match self.slots[i].conn.as_mut() {
+                Some((_, c)) if c.is_idle() => self.close(i),
+                Some((_, c)) => c.begin_drain(),
+                None => {}
             }
         }
     }
-}
-
-#[cold]
-fn accept_failed(worker: usize, e: &io::Error) {
-    eprintln!("worker {worker}: accept failed: {e}");
 }

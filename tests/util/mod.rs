@@ -18,7 +18,24 @@ pub struct Server {
 impl Server {
     /// `--port 0 --threads 4 --no-pin` plus `extra`; returns once `listening on` was printed.
     pub fn start(extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_usaged"))
+        Server::start_limited(None, extra)
+    }
+
+    /// As [`Server::start`], with the open-file limit (soft and hard) set to `nofile` first.
+    pub fn start_limited(nofile: Option<u32>, extra: &[&str]) -> Server {
+        let mut cmd = match nofile {
+            None => Command::new(env!("CARGO_BIN_EXE_usaged")),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    &format!("ulimit -n {n} && exec \"$0\" \"$@\""),
+                    env!("CARGO_BIN_EXE_usaged"),
+                ]);
+                c
+            }
+        };
+        let mut child = cmd
             .args([
                 "--port",
                 "0",
@@ -35,13 +52,21 @@ impl Server {
             .expect("start usaged");
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
-        stderr.read_line(&mut line).expect("read startup line");
+        // Configuration lines come first; the server is ready at `listening on`.
+        while !line.starts_with("listening on") {
+            line.clear();
+            assert_ne!(
+                stderr.read_line(&mut line).expect("read startup line"),
+                0,
+                "usaged exited before listening"
+            );
+        }
         assert!(
             line.starts_with("listening on 127.0.0.1:"),
             "startup line: {line:?}"
         );
         assert!(
-            line.trim_end().ends_with("(4 workers)"),
+            line.trim_end().ends_with(" workers)"),
             "startup line: {line:?}"
         );
         let port = line["listening on 127.0.0.1:".len()..]
@@ -83,6 +108,47 @@ impl Server {
             }
             // Polling for exit (bounded above), not waiting for readiness.
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Server {
+    /// Open file descriptors of the server process.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches(" kB")
+            .parse()
+            .unwrap()
+    }
+
+    /// CPU time (user + system, all threads) the server has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split(' ').collect();
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+    }
+
+    /// Wait (bounded) until `cond` holds, polling; panics with `what` after `limit`.
+    pub fn wait_until(&self, limit: Duration, what: &str, mut cond: impl FnMut(&Server) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !cond(self) {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -195,6 +261,36 @@ impl Client {
             Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
         }
     }
+}
+
+/// One answer from a buffered reader, or `None` when the connection ended first.
+pub fn read_response(r: &mut BufReader<TcpStream>) -> Option<Response> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let status = line.get(9..12)?.parse().ok()?;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        if h == "\r\n" {
+            break;
+        }
+        let (n, v) = h.trim_end().split_once(": ")?;
+        headers.push((n.to_string(), v.to_string()));
+    }
+    let mut resp = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let len: usize = resp.header("content-length")?.parse().ok()?;
+    resp.body = vec![0; len];
+    r.read_exact(&mut resp.body).ok()?;
+    Some(resp)
 }
 
 pub fn post(body: &str) -> String {

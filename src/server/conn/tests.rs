@@ -13,6 +13,7 @@ pub struct MockSock {
     pub reads: usize,
     pub writes: usize,
     pub eof: bool,
+    pub broken: bool,
 }
 
 impl Read for MockSock {
@@ -38,6 +39,9 @@ impl Read for MockSock {
 impl Write for MockSock {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.writes += 1;
+        if self.broken {
+            return Err(io::ErrorKind::ConnectionReset.into());
+        }
         let n = self.write_room.map_or(data.len(), |r| r.min(data.len()));
         if n == 0 {
             return Err(io::ErrorKind::WouldBlock.into());
@@ -54,6 +58,14 @@ impl Write for MockSock {
 }
 
 pub const POST: &[u8] = b"POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 98\r\n\r\n{\"patientId\":\"100\",\"timestamp\":\"Tue Nov 01 2016 09:11:51 GMT-0500 (CDT)\",\"medication\":\"Albuterol\"}";
+
+const TIMEOUTS: Timeouts = Timeouts {
+    header_ms: 10_000,
+    body_ms: 10_000,
+    idle_ms: 60_000,
+    write_ms: 10_000,
+    linger_ms: 2000,
+};
 
 struct Harness {
     app: App,
@@ -80,8 +92,10 @@ impl Harness {
             limits: Limits {
                 max_header: 8192,
                 max_body: 65536,
+                timeouts: TIMEOUTS,
             },
             draining: false,
+            now_ms: 0,
         };
         self.conn.on_ready(sock, &mut ctx, readable)
     }
@@ -210,5 +224,47 @@ fn a_body_bigger_than_the_buffer_grows_it_then_shrinks_back() {
         h.conn.buf.len(),
         DEFAULT_BUF,
         "idle connection holds the default buffer only"
+    );
+}
+
+/// Regression: a connection whose write failed left its answers in the worker's output
+/// buffer, and the next connection driven sent them to its own client.
+#[test]
+fn a_failed_write_leaves_nothing_for_the_next_connection() {
+    let mut h = Harness::new();
+    let mut sock = MockSock {
+        broken: true,
+        ..Default::default()
+    };
+    sock.input.push_back(POST.repeat(3));
+    assert_eq!(h.ready(&mut sock, true), Next::Close);
+    h.conn = Conn::new(vec![0; DEFAULT_BUF].into_boxed_slice());
+    let mut other = MockSock::default();
+    other
+        .input
+        .push_back(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
+    h.ready(&mut other, true);
+    assert_eq!(statuses(&other.written), vec!["200"], "only its own answer");
+}
+
+#[test]
+fn draining_answers_what_was_read_and_refuses_what_comes_after() {
+    let mut h = Harness::new();
+    let mut sock = MockSock::default();
+    let head_end = POST.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    sock.input.push_back(POST[..head_end].to_vec());
+    h.ready(&mut sock, true);
+    h.conn.begin_drain();
+    // The body of the request already started is answered; a request after it is not.
+    let mut rest = POST[head_end..].to_vec();
+    rest.extend_from_slice(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    sock.input.push_back(rest);
+    h.ready(&mut sock, true);
+    assert_eq!(statuses(&sock.written), vec!["201", "503"]);
+    let text = String::from_utf8(sock.written).unwrap();
+    assert!(text.ends_with("{\"error\":\"server is shutting down\"}"));
+    assert!(
+        text.matches("Connection: close").count() == 1,
+        "the 503 closes"
     );
 }
