@@ -119,12 +119,13 @@ fn steady_state_requests_allocate_nothing() {
             let mut ctx = Ctx {
                 app: &mut app,
                 out: &mut out,
+                out_start: 0,
                 date: &date,
                 limits,
                 draining: false,
                 now_ms: 0,
             };
-            assert_eq!(conn.on_ready(sock, &mut ctx, true), Next::Keep);
+            assert_eq!(conn.run_once(sock, &mut ctx, true), Next::Keep);
         }
     };
     run(&mut sock, 100);

@@ -167,13 +167,16 @@ proptest! {
         let mut conn = Conn::new(vec![0; DEFAULT_BUF].into_boxed_slice());
         let mut sock = Pieces { input, output: Vec::new() };
         for turn in 0..200 {
-            let mut ctx = Ctx { app: &mut app, out: &mut out, date: &date, limits, draining: false, now_ms: turn };
-            if conn.on_ready(&mut sock, &mut ctx, true) == Next::Close || sock.input.is_empty() {
+            let mut ctx = Ctx { app: &mut app, out: &mut out, out_start: 0, date: &date, limits, draining: false, now_ms: turn };
+            if conn.run_once(&mut sock, &mut ctx, true) == Next::Close || sock.input.is_empty() {
                 break;
             }
         }
-        let mut ctx = Ctx { app: &mut app, out: &mut out, date: &date, limits, draining: false, now_ms: 10_000 };
-        let _ = conn.on_timeout(&mut sock, &mut ctx);
+        out.clear();
+        let mut ctx = Ctx { app: &mut app, out: &mut out, out_start: 0, date: &date, limits, draining: false, now_ms: 10_000 };
+        if conn.on_timeout(&mut ctx) == Next::Keep {
+            let _ = conn.complete(&mut sock, &out, 10_000, &timeouts);
+        }
         prop_assert!(well_formed(&sock.output).is_ok(), "{:?}: {:?}", well_formed(&sock.output), String::from_utf8_lossy(&sock.output));
     }
 

@@ -19,6 +19,8 @@ use crate::http::status::Reject;
 pub const DEFAULT_BUF: usize = 8 * 1024;
 /// Answers queued for one connection before they are written out and processing resumes.
 const OUT_HIGH: usize = 64 * 1024;
+/// Answers queued for all connections of one loop turn before they go out.
+const TURN_OUT_MAX: usize = 4 << 20;
 /// Bytes a closing connection reads and discards before it gives up on a clean close.
 const LINGER_MAX: usize = 1 << 20;
 
@@ -65,8 +67,10 @@ impl Limits {
 /// connection.
 pub struct Ctx<'a> {
     pub app: &'a mut App,
-    /// The worker's output buffer; empty when a connection starts running.
+    /// The worker's output buffer for this loop turn; this connection's answers are appended
+    /// from `out_start` on.
     pub out: &'a mut Vec<u8>,
+    pub out_start: usize,
     pub date: &'a DateCache,
     pub limits: Limits,
     /// Shutting down: every answer closes its connection.
@@ -115,6 +119,8 @@ pub struct Conn {
     unsent: Vec<u8>,
     /// An answer that closes the connection is queued: no more requests are read.
     closing: bool,
+    /// Stopped with complete requests left because its output was full.
+    more: bool,
     /// The client closed its sending side.
     eof: bool,
     /// The last read left the socket drained.
@@ -146,6 +152,7 @@ impl Conn {
             pending: None,
             unsent: Vec::new(),
             closing: false,
+            more: false,
             eof: false,
             drained: true,
             hup: false,
@@ -214,21 +221,16 @@ impl Conn {
     /// The deadline passed. A request in progress gets `408` (if the connection can still
     /// take an answer), then the connection closes.
     #[cold]
-    pub fn on_timeout<S: Read + Write>(&mut self, sock: &mut S, ctx: &mut Ctx<'_>) -> Next {
-        ctx.out.clear();
+    pub fn on_timeout(&mut self, ctx: &mut Ctx<'_>) -> Next {
         match self.timeout {
             Timeout::Header | Timeout::Body if self.unsent.is_empty() => {
+                // The 408 goes out through `complete`, which then closes (lingering over what
+                // the client may still be sending).
                 let head = self.pending.take().map(|p| p.head);
                 app::reject(Reject::RequestTimeout, head.as_ref(), &mut answer(ctx));
                 self.closing = true;
-                match self.send(sock, ctx.out) {
-                    Ok(true) => {}
-                    Ok(false) | Err(_) => return Next::Close,
-                }
-                self.lingering = Some(0);
-                self.deadline_ms = ctx.now_ms + ctx.limits.timeouts.linger_ms;
-                self.timeout = Timeout::Linger;
-                Next::Linger
+                self.drained = false;
+                Next::Keep
             }
             Timeout::Idle | Timeout::Header | Timeout::Body | Timeout::Write | Timeout::Linger => {
                 Next::Close
@@ -253,9 +255,6 @@ impl Conn {
         ctx: &mut Ctx<'_>,
         readable: bool,
     ) -> Next {
-        // The worker's output buffer holds only this connection's answers (a connection that
-        // failed mid-write must not hand its answers to the next one).
-        ctx.out.clear();
         let next = self.drive(sock, ctx, readable);
         if next != Next::Close {
             self.set_deadline(ctx.now_ms, &ctx.limits.timeouts);
@@ -292,11 +291,9 @@ impl Conn {
         }
         loop {
             if self.process(ctx) == Stop::OutputFull {
-                match self.send(sock, ctx.out) {
-                    Ok(true) => continue,
-                    Ok(false) => return Next::Keep,
-                    Err(_) => return Next::Close,
-                }
+                // Answer the rest after this output is out (the worker drives us again).
+                self.more = true;
+                break;
             }
             if self.closing || self.eof || !readable {
                 break;
@@ -326,27 +323,93 @@ impl Conn {
                 Err(_) => return Next::Close,
             }
         }
-        match self.send(sock, ctx.out) {
-            Ok(true) => {}
-            Ok(false) => return Next::Keep,
-            Err(_) => return Next::Close,
-        }
-        if self.closing || self.eof {
-            return self.finish_close();
-        }
-        if self.start == self.end && self.buf.len() > DEFAULT_BUF {
-            self.shrink();
-        }
+        // The answers wait in the worker's output buffer until the journal has this turn's
+        // usages; then the worker hands them to `complete`.
         Next::Keep
     }
 
+    /// Send this connection's answers from the turn (`out`: its part of the worker's output
+    /// buffer, written after the journal), and close if that was the last thing to do.
+    pub fn complete<S: Write>(
+        &mut self,
+        sock: &mut S,
+        out: &[u8],
+        ctx_now_ms: u64,
+        t: &Timeouts,
+    ) -> Next {
+        if self.lingering.is_some() {
+            // Already closing: it only reads and discards now.
+            return Next::Keep;
+        }
+        if !out.is_empty() {
+            match write_once(sock, out) {
+                Ok(n) => {
+                    if n > 0 {
+                        self.active_ms = ctx_now_ms;
+                    }
+                    if n < out.len() {
+                        self.unsent.extend_from_slice(&out[n..]);
+                        self.more = false;
+                    }
+                }
+                Err(_) => return Next::Close,
+            }
+        }
+        let next = if !self.unsent.is_empty() {
+            Next::Keep
+        } else if self.closing || self.eof {
+            self.more = false;
+            self.finish_close()
+        } else {
+            if self.start == self.end && self.buf.len() > DEFAULT_BUF {
+                self.shrink();
+            }
+            Next::Keep
+        };
+        if next != Next::Close {
+            self.set_deadline(ctx_now_ms, t);
+        }
+        next
+    }
+
+    /// Whether the connection stopped with complete requests left (its output was full) and
+    /// wants to be driven again once its answers are out.
+    pub fn take_more(&mut self) -> bool {
+        std::mem::take(&mut self.more)
+    }
+
+    /// One readiness driven to the end without a journal, as the worker does it for a single
+    /// connection: `on_ready`, `complete`, and again while it has more. For tests and tools.
+    pub fn run_once<S: Read + Write>(
+        &mut self,
+        sock: &mut S,
+        ctx: &mut Ctx<'_>,
+        readable: bool,
+    ) -> Next {
+        let mut readable = readable;
+        loop {
+            ctx.out.clear();
+            ctx.out_start = 0;
+            let next = self.on_ready(sock, ctx, readable);
+            if next != Next::Keep {
+                return next;
+            }
+            let next = self.complete(sock, ctx.out, ctx.now_ms, &ctx.limits.timeouts);
+            ctx.out.clear();
+            if next != Next::Keep || !self.take_more() {
+                return next;
+            }
+            // It stopped reading with its socket not drained: read on.
+            readable = true;
+        }
+    }
     /// Answer every complete request in the buffer, in order.
     fn process(&mut self, ctx: &mut Ctx<'_>) -> Stop {
         loop {
             if self.closing {
                 return Stop::Idle;
             }
-            if ctx.out.len() >= OUT_HIGH {
+            if ctx.out.len() - ctx.out_start >= OUT_HIGH || ctx.out.len() >= TURN_OUT_MAX {
                 return Stop::OutputFull;
             }
             if self.start == self.end {
@@ -509,21 +572,6 @@ impl Conn {
         self.buf = vec![0; DEFAULT_BUF].into_boxed_slice();
         self.start = 0;
         self.end = 0;
-    }
-
-    /// Write `out` once; keep what the socket did not take. `Ok(true)` when all of it went.
-    fn send<S: Write>(&mut self, sock: &mut S, out: &mut Vec<u8>) -> io::Result<bool> {
-        if out.is_empty() {
-            return Ok(true);
-        }
-        let written = write_once(sock, out);
-        let n = *written.as_ref().unwrap_or(&0);
-        if n < out.len() && written.is_ok() {
-            self.unsent.extend_from_slice(&out[n..]);
-        }
-        out.clear();
-        written?;
-        Ok(self.unsent.is_empty())
     }
 
     fn finish_close(&mut self) -> Next {

@@ -100,6 +100,8 @@ pub fn run(setup: Setup) {
         now_ms: 0,
         wheel: Wheel::default(),
         expired: Vec::new(),
+        turn: Vec::new(),
+        again: Vec::new(),
         accept_full: false,
         backoff_until: None,
         backoff_ms: BACKOFF_MIN_MS,
@@ -126,6 +128,7 @@ pub fn run(setup: Setup) {
             }
         }
         w.expire(&mut app);
+        w.flush_turn(&mut app);
         w.retry_accept(&poll);
         if shutdown.load(Ordering::Acquire) && w.draining.is_none() {
             w.start_drain(&poll, Instant::now() + shutdown_timeout);
@@ -154,6 +157,11 @@ struct Worker {
     now_ms: u64,
     wheel: Wheel,
     expired: Vec<Entry>,
+    /// Connections driven this turn whose answers wait in `out` for the journal:
+    /// `(slot, generation, start, end)` of their part of `out`.
+    turn: Vec<(usize, u32, usize, usize)>,
+    /// Connections to drive again once their answers are out (their output was full).
+    again: Vec<usize>,
     /// At `max_conns`: new connections wait in the backlog until one closes.
     accept_full: bool,
     /// Out of descriptors or memory: no accepting until then (ms), then twice as long next time.
@@ -255,9 +263,11 @@ impl Worker {
     }
 
     fn ctx<'a>(&'a mut self, app: &'a mut App) -> (Ctx<'a>, &'a mut Vec<Slot>) {
+        let out_start = self.out.len();
         let ctx = Ctx {
             app,
             out: &mut self.out,
+            out_start,
             date: &self.date,
             limits: self.limits,
             draining: self.draining.is_some(),
@@ -272,15 +282,61 @@ impl Worker {
             Some(slot) if token(index, slot.generation) == t && slot.conn.is_some() => {}
             _ => return,
         }
+        let start = self.out.len();
         let (mut ctx, slots) = self.ctx(app);
         let (stream, conn) = slots[index].conn.as_mut().expect("checked above");
         if read_closed {
             conn.note_read_closed();
         }
         let next = conn.on_ready(stream, &mut ctx, readable);
-        self.after(index, next);
+        self.settle(index, start, next);
     }
 
+    /// After a connection ran: answers to send go on the turn's list (sent once the journal has
+    /// the turn's usages); a connection that closes at once takes its answers with it.
+    fn settle(&mut self, index: usize, start: usize, next: Next) {
+        match next {
+            Next::Keep => {
+                let generation = self.slots[index].generation;
+                self.turn.push((index, generation, start, self.out.len()));
+            }
+            Next::Close | Next::Linger => {
+                self.out.truncate(start);
+                self.after(index, next);
+            }
+        }
+    }
+
+    /// End of a loop turn: the journal first, then every connection's answers, one write each;
+    /// connections that stopped with their output full run again, until none has more.
+    fn flush_turn(&mut self, app: &mut App) {
+        while !self.turn.is_empty() {
+            let mut turn = std::mem::take(&mut self.turn);
+            for (index, generation, a, b) in turn.drain(..) {
+                let slot = &mut self.slots[index];
+                let Some((stream, conn)) =
+                    slot.conn.as_mut().filter(|_| slot.generation == generation)
+                else {
+                    continue;
+                };
+                let next =
+                    conn.complete(stream, &self.out[a..b], self.now_ms, &self.limits.timeouts);
+                if next == Next::Keep && conn.take_more() {
+                    self.again.push(index);
+                }
+                self.after(index, next);
+            }
+            self.turn = turn;
+            self.out.clear();
+            let mut again = std::mem::take(&mut self.again);
+            for index in again.drain(..) {
+                let generation = self.slots[index].generation;
+                // It stopped reading with its socket not drained: read on (no edge will come).
+                self.drive(token(index, generation), true, false, app);
+            }
+            self.again = again;
+        }
+    }
     /// Act on what a connection asked for, and file its deadline if it moved earlier.
     fn after(&mut self, index: usize, next: Next) {
         match next {
@@ -336,13 +392,14 @@ impl Worker {
         let mut expired = std::mem::take(&mut self.expired);
         for e in expired.drain(..) {
             let index = e.slot as usize;
+            let start = self.out.len();
             let (mut ctx, slots) = self.ctx(app);
-            let Some((stream, conn)) = slots[index].conn.as_mut() else {
+            let Some((_, conn)) = slots[index].conn.as_mut() else {
                 continue;
             };
             conn.filed_ms = None;
-            let next = conn.on_timeout(stream, &mut ctx);
-            self.after(index, next);
+            let next = conn.on_timeout(&mut ctx);
+            self.settle(index, start, next);
         }
         self.expired = expired;
     }

@@ -88,6 +88,7 @@ impl Harness {
         let mut ctx = Ctx {
             app: &mut self.app,
             out: &mut self.out,
+            out_start: 0,
             date: &self.date,
             limits: Limits {
                 max_header: 8192,
@@ -97,7 +98,7 @@ impl Harness {
             draining: false,
             now_ms: 0,
         };
-        self.conn.on_ready(sock, &mut ctx, readable)
+        self.conn.run_once(sock, &mut ctx, readable)
     }
 }
 
