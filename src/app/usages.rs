@@ -20,7 +20,7 @@ pub fn create(
     let usage = scan::scan_usage(body).map_err(|e| Reject::BadBody(json_reason(e)))?;
     let id = w
         .append(&usage)
-        .map_err(|StoreFull| Reject::Unavailable("usage store is full"))?;
+        .map_err(|StoreFull| Reject::Unavailable("cannot store usages now"))?;
     let mut num = itoa::Buffer::new();
     let digits = num.format(id).as_bytes();
     let p = persist(head, a.force_close);

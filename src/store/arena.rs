@@ -30,7 +30,7 @@ const STRING_CHUNKS: usize = 1 << 12;
 /// Strings stored in a record's patient word instead of the string table.
 const INLINE_MAX: usize = 8;
 
-/// The arena is full: this stripe cannot take another usage (`503`).
+/// This stripe cannot take another usage: its arena is full or its journal failed (`503`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreFull;
 
@@ -76,10 +76,18 @@ impl Stripe {
 }
 
 /// Every stripe of the process; shared by all workers behind an `Arc`.
+///
+/// Ids come in epochs: a layout of `S` stripes that started at `base` hands out
+/// `base + s + 1 + k·S`. A restart with another `--threads` starts a new epoch past the largest
+/// id seen; earlier epochs stay readable. Epochs are fixed when the store is built.
 pub struct Store {
-    stripes: Box<[Stripe]>,
+    epochs: Box<[Epoch]>,
 }
 
+struct Epoch {
+    base: u64,
+    stripes: Box<[Stripe]>,
+}
 /// A stored usage, copied out of the arena (strings at most 64 bytes, so no allocation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredUsage {
@@ -108,32 +116,81 @@ const TAG_INTERNED: u64 = 2;
 impl Store {
     /// A store of `stripes` empty stripes (one per worker).
     pub fn new(stripes: u32) -> Self {
-        assert!(stripes > 0, "at least one stripe");
-        Store {
-            stripes: (0..stripes).map(|_| Stripe::new()).collect(),
-        }
+        Store::with_epochs(&[(0, stripes)])
     }
 
-    pub fn stripes(&self) -> u32 {
-        self.stripes.len() as u32
-    }
-
-    /// Usages published so far, over all stripes.
-    pub fn len(&self) -> u64 {
-        self.stripes
+    /// A store of empty epochs `(base, stripes)`, in increasing `base`; the last is current.
+    pub fn with_epochs(epochs: &[(u64, u32)]) -> Self {
+        assert!(
+            !epochs.is_empty() && epochs.iter().all(|&(_, s)| s > 0),
+            "at least one stripe"
+        );
+        let epochs = epochs
             .iter()
+            .map(|&(base, n)| Epoch {
+                base,
+                stripes: (0..n).map(|_| Stripe::new()).collect(),
+            })
+            .collect();
+        Store { epochs }
+    }
+
+    fn current(&self) -> &Epoch {
+        self.epochs.last().expect("at least one epoch")
+    }
+
+    /// Stripes of the current epoch (one per worker).
+    pub fn stripes(&self) -> u32 {
+        self.current().stripes.len() as u32
+    }
+
+    /// `(base, stripes)` of every epoch, oldest first.
+    pub fn epochs(&self) -> Vec<(u64, u32)> {
+        self.epochs
+            .iter()
+            .map(|e| (e.base, e.stripes.len() as u32))
+            .collect()
+    }
+
+    /// Records in `stripe` of epoch `epoch`.
+    pub fn stripe_len(&self, epoch: usize, stripe: u32) -> u64 {
+        self.epochs[epoch].stripes[stripe as usize]
+            .len
+            .load(Ordering::Acquire)
+    }
+
+    /// Usages published so far, over all epochs and stripes.
+    pub fn len(&self) -> u64 {
+        self.epochs
+            .iter()
+            .flat_map(|e| e.stripes.iter())
             .map(|s| s.len.load(Ordering::Acquire))
             .sum()
     }
 
+    /// The largest id stored (0 when empty).
+    pub fn max_id(&self) -> u64 {
+        let mut max = 0;
+        for e in self.epochs.iter() {
+            let n = e.stripes.len() as u32;
+            for (i, s) in e.stripes.iter().enumerate() {
+                let len = s.len.load(Ordering::Acquire);
+                if len > 0 {
+                    max = max.max(e.base + ids::id_of(i as u32, len - 1, n));
+                }
+            }
+        }
+        max
+    }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The usage with `id`, from whichever stripe holds it; `None` if it was never stored.
     pub fn get(&self, id: u64) -> Option<StoredUsage> {
-        let (stripe, slot) = ids::locate(id, self.stripes())?;
-        let s = &self.stripes[stripe as usize];
+        let e = self.epochs.iter().rev().find(|e| id > e.base)?;
+        let (stripe, slot) = ids::locate(id - e.base, e.stripes.len() as u32)?;
+        let s = &e.stripes[stripe as usize];
         if slot >= s.len.load(Ordering::Acquire) {
             return None;
         }
@@ -169,11 +226,27 @@ impl Store {
     /// The writer for `stripe`. Call once per stripe: two writers for one stripe would hand out
     /// the same ids (the worker setup in `server` makes exactly one each).
     pub fn writer(self: &std::sync::Arc<Self>, stripe: u32) -> StripeWriter {
-        assert!(stripe < self.stripes(), "stripe in range");
+        self.epoch_writer(self.epochs.len() - 1, stripe)
+    }
+
+    /// The writer for `stripe` of epoch `epoch` (recovery refills old epochs with these).
+    /// Once per stripe, on an empty stripe: the writer's string table starts empty.
+    pub fn epoch_writer(self: &std::sync::Arc<Self>, epoch: usize, stripe: u32) -> StripeWriter {
+        let e = &self.epochs[epoch];
+        assert!((stripe as usize) < e.stripes.len(), "stripe in range");
+        assert_eq!(
+            e.stripes[stripe as usize].len.load(Ordering::Acquire),
+            0,
+            "a fresh stripe"
+        );
         StripeWriter {
             store: std::sync::Arc::clone(self),
+            epoch,
+            base: e.base,
+            stripes: e.stripes.len() as u32,
+            journal: None,
             stripe,
-            next: self.stripes[stripe as usize].len.load(Ordering::Acquire),
+            next: 0,
             string_words: 0,
             interned: Vec::new(),
             interned_count: 0,
@@ -184,6 +257,11 @@ impl Store {
 /// The one writer of a stripe, owned by its worker thread.
 pub struct StripeWriter {
     store: std::sync::Arc<Store>,
+    epoch: usize,
+    base: u64,
+    stripes: u32,
+    /// Where every appended usage is also recorded (write-ahead: see `journal.rs`).
+    journal: Option<super::journal::Journal>,
     stripe: u32,
     /// Records written; equals the stripe's published `len`.
     next: u64,
@@ -196,14 +274,33 @@ pub struct StripeWriter {
 
 impl StripeWriter {
     fn stripe(&self) -> &Stripe {
-        &self.store.stripes[self.stripe as usize]
+        &self.store.epochs[self.epoch].stripes[self.stripe as usize]
     }
 
+    /// Record every usage appended from now on in `journal`.
+    pub fn set_journal(&mut self, journal: super::journal::Journal) {
+        self.journal = Some(journal);
+    }
+
+    pub fn journal_mut(&mut self) -> Option<&mut super::journal::Journal> {
+        self.journal.as_mut()
+    }
+
+    /// Records in this writer's stripe (its next slot).
+    pub fn len(&self) -> u64 {
+        self.next
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.next == 0
+    }
     /// Store `u` and return its id. The single place a usage enters the store: the journal
     /// hooks in here.
     pub fn append(&mut self, u: &Usage<'_>) -> Result<u64, StoreFull> {
         let slot = self.next;
-        if slot >= RECORDS_PER_CHUNK * RECORD_CHUNKS as u64 {
+        if slot >= RECORDS_PER_CHUNK * RECORD_CHUNKS as u64
+            || self.journal.as_ref().is_some_and(|j| j.failed())
+        {
             return Err(StoreFull);
         }
         let med = self.intern(u.medication)?;
@@ -217,7 +314,7 @@ impl StripeWriter {
             Patient::Str(s) => (TAG_INTERNED, 0, self.intern(s)?),
         };
         let w2 = med | u64::from(u.timestamp.offset_min as u16) << 32 | tag << 48 | len << 52;
-        let stripe = &self.store.stripes[self.stripe as usize];
+        let stripe = &self.store.epochs[self.epoch].stripes[self.stripe as usize];
         let chunk = stripe.records[(slot >> RECORD_CHUNK_BITS) as usize]
             .get_or_init(|| new_chunk(RECORDS_PER_CHUNK * WORDS_PER_RECORD as u64));
         let base = (slot % RECORDS_PER_CHUNK) as usize * WORDS_PER_RECORD;
@@ -227,7 +324,11 @@ impl StripeWriter {
         self.next = slot + 1;
         // Publish: everything above happens-before any reader's Acquire load that sees it.
         stripe.len.store(self.next, Ordering::Release);
-        Ok(ids::id_of(self.stripe, slot, self.store.stripes()))
+        let id = self.base + ids::id_of(self.stripe, slot, self.stripes);
+        if let Some(j) = &mut self.journal {
+            j.record(id, u);
+        }
+        Ok(id)
     }
 
     /// The word index of `s` in the string table, adding it the first time it is seen.

@@ -5,5 +5,7 @@
 
 pub mod arena;
 pub mod ids;
+pub mod journal;
+pub mod recover;
 
 pub use arena::{Store, StoreFull, StoredUsage, StripeWriter};

@@ -1,0 +1,208 @@
+use super::*;
+use crate::json::scan::{Patient, Usage};
+use crate::store::journal::{Journal, SyncMode};
+use crate::time::Timestamp;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A fresh, empty directory under the system temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "usaged-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn usage(i: u64, buf: &mut String) -> Usage<'_> {
+    buf.clear();
+    buf.push_str(&format!("Med-{}", i % 7));
+    let patient = if i % 2 == 0 {
+        Patient::Num(i)
+    } else {
+        Patient::Str(b"patient-with-a-long-name")
+    };
+    Usage {
+        patient,
+        timestamp: Timestamp {
+            ms: i as i64 * 1000,
+            offset_min: (i % 60) as i16,
+        },
+        medication: buf.as_bytes(),
+    }
+}
+
+fn opts(stripes: u32) -> Options {
+    Options {
+        stripes,
+        repair: false,
+        read_only: false,
+    }
+}
+
+/// Store `n` usages through recovered writers with journals, as a run of `stripes` workers.
+fn run(dir: &Path, stripes: u32, n: u64) -> Vec<u64> {
+    let r = recover(dir, opts(stripes)).unwrap();
+    let mut ids = Vec::new();
+    let mut writers = r.writers;
+    let (base, _) = *r.store.epochs().last().unwrap();
+    for (s, w) in writers.iter_mut().enumerate() {
+        let h = Header {
+            stripes,
+            stripe: s as u32,
+            base,
+        };
+        w.set_journal(Journal::open(dir, h, r.last_seq[s], SyncMode::Never).unwrap());
+    }
+    let mut m = String::new();
+    for i in 0..n {
+        let w = &mut writers[(i % stripes as u64) as usize];
+        ids.push(w.append(&usage(i, &mut m)).unwrap());
+    }
+    for w in writers.iter_mut() {
+        w.journal_mut().unwrap().flush(Instant::now()).unwrap();
+    }
+    ids
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn round_trip_and_continuation() {
+    let dir = temp_dir("rt");
+    let first = run(&dir, 3, 100);
+    let r = recover(&dir, opts(3)).unwrap();
+    assert_eq!(r.records, 100);
+    let mut m = String::new();
+    for (i, id) in first.iter().enumerate() {
+        let got = r.store.get(*id).unwrap();
+        let want = usage(i as u64, &mut m);
+        assert_eq!(
+            (got.timestamp, got.medication()),
+            (want.timestamp, want.medication)
+        );
+    }
+    drop(r);
+    let second = run(&dir, 3, 50);
+    let all: std::collections::HashSet<u64> = first.iter().chain(&second).copied().collect();
+    assert_eq!(all.len(), 150, "no id handed out twice");
+    assert_eq!(recover(&dir, opts(3)).unwrap().records, 150);
+}
+
+#[test]
+fn a_different_thread_count_starts_a_new_epoch() {
+    let dir = temp_dir("epochs");
+    let a = run(&dir, 4, 101);
+    let b = run(&dir, 2, 40);
+    let c = run(&dir, 3, 7);
+    let max_a = *a.iter().max().unwrap();
+    assert!(b.iter().all(|&id| id > max_a), "new ids past every old one");
+    let r = recover(&dir, opts(5)).unwrap();
+    assert_eq!(r.records, 148);
+    let mut m = String::new();
+    for (ids, n) in [(&a, 101), (&b, 40), (&c, 7)] {
+        for (i, id) in ids.iter().enumerate().take(n) {
+            assert_eq!(
+                r.store.get(*id).unwrap().timestamp,
+                usage(i as u64, &mut m).timestamp,
+                "id {id}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_torn_tail_is_cut_at_every_offset_of_the_last_record() {
+    let dir = temp_dir("torn");
+    run(&dir, 1, 5);
+    let seg = segments(&dir).remove(0);
+    let whole = fs::read(&seg).unwrap();
+    // The last record starts where the fourth ends.
+    let (end4, _, _) = scan(&whole[..whole.len() - 1]);
+    for cut in end4..whole.len() {
+        fs::write(&seg, &whole[..cut]).unwrap();
+        let r = recover(&dir, opts(1)).unwrap();
+        assert_eq!(r.records, 4, "cut at {cut}");
+        if cut > end4 {
+            assert!(
+                r.warnings[0].contains(&format!("torn tail at offset {end4}")),
+                "{:?}",
+                r.warnings
+            );
+        }
+        assert_eq!(
+            fs::metadata(&seg).unwrap().len(),
+            end4 as u64,
+            "cut back to the last whole record"
+        );
+    }
+    fs::write(&seg, &whole).unwrap();
+    assert_eq!(recover(&dir, opts(1)).unwrap().records, 5);
+}
+
+#[test]
+fn corruption_in_the_middle_stops_the_start_unless_repair() {
+    let dir = temp_dir("corrupt");
+    run(&dir, 1, 10);
+    let seg = segments(&dir).remove(0);
+    let mut bytes = fs::read(&seg).unwrap();
+    let (_, at3, _) = {
+        // Offset of the fourth record: walk three.
+        let mut at = HEADER_LEN;
+        for _ in 0..3 {
+            at += journal::decode(&bytes[at..]).unwrap().1;
+        }
+        (0, at, 0)
+    };
+    bytes[at3 + 10] ^= 0x40;
+    fs::write(&seg, &bytes).unwrap();
+    let err = recover(&dir, opts(1)).err().expect("refuses to start");
+    assert!(
+        err.contains(&seg.display().to_string()) && err.contains(&format!("offset {at3}")),
+        "{err}"
+    );
+    let read_only = recover(
+        &dir,
+        Options {
+            stripes: 1,
+            repair: false,
+            read_only: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        read_only.records, 3,
+        "export reads the prefix and changes nothing"
+    );
+    assert_eq!(fs::read(&seg).unwrap(), bytes);
+    let r = recover(
+        &dir,
+        Options {
+            stripes: 1,
+            repair: true,
+            read_only: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(r.records, 3);
+    assert!(
+        PathBuf::from(format!("{}.corrupt-{at3}", seg.display())).exists(),
+        "the rest is kept aside"
+    );
+    assert_eq!(
+        recover(&dir, opts(1)).unwrap().records,
+        3,
+        "starts cleanly after the repair"
+    );
+}
