@@ -1,14 +1,16 @@
 //! Flags and environment into a [`Config`]. A bad flag or value is an error naming it.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::store::journal::SyncMode;
 pub const USAGE: &str = "\
 usage: usaged [--bind ADDR] [--port N] [--threads N] [--no-pin] [--max-body BYTES] [--max-header BYTES]
               [--max-conns N] [--header-timeout S] [--body-timeout S] [--idle-timeout S]
               [--write-timeout S] [--shutdown-timeout S]
-
-  --bind ADDR          address to listen on                      [default: 0.0.0.0]
+              [--data-dir DIR] [--in-memory] [--sync always|interval|never] [--repair]
+       usaged export [--data-dir DIR] [--format ndjson|csv]--bind ADDR          address to listen on                      [default: 0.0.0.0]
   --port N             TCP port, 0 picks a free one              [default: $PORT, else 3000]
   --threads N          worker threads, one event loop each       [default: CPUs in the affinity mask]
   --no-pin             do not pin worker i to the i-th allowed CPU
@@ -25,7 +27,14 @@ usage: usaged [--bind ADDR] [--port N] [--threads N] [--no-pin] [--max-body BYTE
                        [default: 30]
   --shutdown-timeout S seconds to finish open requests on SIGINT/SIGTERM [default: 10]
   (seconds may have a fraction: 0.5)
-  -h, --help           print this help
+  --data-dir DIR       where the journal lives (created if missing) [default: ./usaged-data]
+  --in-memory          keep no journal: usages are lost on exit (for benchmarks)
+  --sync MODE          always: fdatasync before each turn's 201s; interval: at most a second of
+                       usages lost on power failure; never: left to the kernel [default: interval]
+  --repair             start even if a journal record in the middle is bad: keep what comes
+                       before it, move the rest aside
+  export               print every stored usage in id order to stdout, as ndjson (default)
+                       or csv, reading the journal in --data-dir without a server-h, --help           print this help
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +53,11 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub data_dir: PathBuf,
+    pub in_memory: bool,
+    pub sync: SyncMode,
+    pub repair: bool,
 }
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -61,6 +73,10 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
+            data_dir: PathBuf::from("usaged-data"),
+            in_memory: false,
+            sync: SyncMode::Interval,
+            repair: false,
         }
     }
 }
@@ -68,9 +84,18 @@ impl Default for Config {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Serve(Config),
+    Export {
+        data_dir: PathBuf,
+        format: ExportFormat,
+    },
     Help,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    Ndjson,
+    Csv,
+}
 /// Parse `args` (without the program name); `env_port` is `$PORT`.
 pub fn parse(
     args: impl IntoIterator<Item = String>,
@@ -82,7 +107,11 @@ pub fn parse(
             .parse()
             .map_err(|_| format!("invalid PORT environment variable: {p:?}"))?;
     }
-    let mut args = args.into_iter();
+    let mut args = args.into_iter().peekable();
+    if args.peek().is_some_and(|a| a == "export") {
+        args.next();
+        return parse_export(args);
+    }
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
@@ -117,10 +146,55 @@ pub fn parse(
             "--idle-timeout" => c.idle_timeout = seconds(&flag, &value("seconds")?)?,
             "--write-timeout" => c.write_timeout = seconds(&flag, &value("seconds")?)?,
             "--shutdown-timeout" => c.shutdown_timeout = seconds(&flag, &value("seconds")?)?,
+            "--data-dir" => c.data_dir = PathBuf::from(value("a directory")?),
+            "--in-memory" => c.in_memory = true,
+            "--repair" => c.repair = true,
+            "--sync" => {
+                c.sync = match value("always, interval or never")?.as_str() {
+                    "always" => SyncMode::Always,
+                    "interval" => SyncMode::Interval,
+                    "never" => SyncMode::Never,
+                    v => {
+                        return Err(format!(
+                            "invalid --sync {v:?}: expected always, interval or never"
+                        ));
+                    }
+                }
+            }
             _ => return Err(format!("unknown flag {arg:?} (see --help)")),
         }
     }
     Ok(Command::Serve(c))
+}
+
+fn parse_export(args: impl Iterator<Item = String>) -> Result<Command, String> {
+    let (mut data_dir, mut format) = (PathBuf::from("usaged-data"), ExportFormat::Ndjson);
+    let mut args = args;
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--data-dir" => data_dir = PathBuf::from(value()?),
+            "--format" => {
+                format = match value()?.as_str() {
+                    "ndjson" => ExportFormat::Ndjson,
+                    "csv" => ExportFormat::Csv,
+                    v => return Err(format!("invalid --format {v:?}: expected ndjson or csv")),
+                }
+            }
+            _ => return Err(format!("unknown export flag {arg:?} (see --help)")),
+        }
+    }
+    Ok(Command::Export { data_dir, format })
 }
 
 /// A duration in seconds, fractions allowed, from 0.1 s to one day.

@@ -1,14 +1,22 @@
-//! `usaged`: flags → config, start the workers, wait for SIGINT/SIGTERM, drain, exit 0.
+//! `usaged`: flags → config, recover the journal, start the workers, wait for SIGINT/SIGTERM,
+//! drain, exit 0. `usaged export` prints the stored usages without a server.
 
+use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use usaged::config::{self, Command};
+use usaged::config::{self, Command, Config, ExportFormat};
 use usaged::server::{self, signals};
+use usaged::store::journal::{self, Header, Journal};
+use usaged::store::recover::{self, Options};
+use usaged::store::{Store, StripeWriter};
 
 fn main() -> ExitCode {
     let env_port = std::env::var("PORT").ok();
     let config = match config::parse(std::env::args().skip(1), env_port.as_deref()) {
         Ok(Command::Serve(c)) => c,
+        Ok(Command::Export { data_dir, format }) => return export(&data_dir, format),
         Ok(Command::Help) => {
             print!("{}", config::USAGE);
             return ExitCode::SUCCESS;
@@ -33,7 +41,14 @@ fn main() -> ExitCode {
         Ok((_, after)) => after.to_string(),
         Err(e) => format!("unknown ({e})"),
     };
-    let running = match server::start(&config) {
+    let (store, writers) = match open_store(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("usaged: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let running = match server::start(&config, store, writers) {
         Ok(r) => r,
         Err(e) => {
             eprintln!(
@@ -48,10 +63,19 @@ fn main() -> ExitCode {
         .iter()
         .map(|c| c.map_or("-".into(), |c| c.to_string()))
         .collect();
+    let data = if config.in_memory {
+        "in memory (no journal)".to_string()
+    } else {
+        format!(
+            "journal in {} (sync {:?})",
+            config.data_dir.display(),
+            config.sync
+        )
+    };
     eprintln!(
         "usaged: {} workers on CPUs [{}]; open files {}; max {} connections per worker; \
          max body {} B, max header {} B; timeouts: header {:?}, body {:?}, idle {:?}, write {:?}, \
-         shutdown {:?}",
+         shutdown {:?}; {data}",
         running.workers,
         cpus.join(","),
         nofile,
@@ -74,5 +98,110 @@ fn main() -> ExitCode {
     }
     running.stop();
     eprintln!("usaged: stopped");
+    ExitCode::SUCCESS
+}
+
+/// The store and one writer per worker: recovered from the journal (which each writer then
+/// continues), or empty with `--in-memory`.
+fn open_store(config: &Config) -> Result<(Arc<Store>, Vec<StripeWriter>), String> {
+    let stripes = server::worker_count(config) as u32;
+    if config.in_memory {
+        let store = Arc::new(Store::new(stripes));
+        let writers = (0..stripes).map(|s| store.writer(s)).collect();
+        return Ok((store, writers));
+    }
+    let dir = &config.data_dir;
+    journal::ensure_dir(dir)
+        .map_err(|e| format!("cannot create --data-dir {}: {e}", dir.display()))?;
+    let r = recover::recover(
+        dir,
+        Options {
+            stripes,
+            repair: config.repair,
+            read_only: false,
+        },
+    )?;
+    for w in &r.warnings {
+        eprintln!("usaged: warning: {w}");
+    }
+    let secs = r.elapsed.as_secs_f64();
+    eprintln!(
+        "usaged: recovered {} usages from {} in {:.3} s ({:.1}M records/s)",
+        r.records,
+        dir.display(),
+        secs,
+        r.records as f64 / secs.max(1e-9) / 1e6
+    );
+    let (base, _) = *r.store.epochs().last().expect("an epoch");
+    let mut writers = r.writers;
+    for (s, w) in writers.iter_mut().enumerate() {
+        let header = Header {
+            stripes,
+            stripe: s as u32,
+            base,
+        };
+        let j = Journal::open(dir, header, r.last_seq[s], config.sync)
+            .map_err(|e| format!("cannot open a journal segment in {}: {e}", dir.display()))?;
+        w.set_journal(j);
+    }
+    Ok((r.store, writers))
+}
+
+/// `usaged export`: every stored usage in id order, read-only.
+fn export(dir: &Path, format: ExportFormat) -> ExitCode {
+    let r = match recover::recover(
+        dir,
+        Options {
+            stripes: 1,
+            repair: false,
+            read_only: true,
+        },
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("usaged export: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in &r.warnings {
+        eprintln!("usaged export: warning: {w}");
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut line = Vec::with_capacity(1024);
+    if format == ExportFormat::Csv {
+        line.extend_from_slice(b"id,patientId,timestamp,medication\n");
+    }
+    let store = &r.store;
+    for (e, (base, stripes)) in store.epochs().into_iter().enumerate() {
+        let longest = (0..stripes)
+            .map(|s| store.stripe_len(e, s))
+            .max()
+            .unwrap_or(0);
+        for slot in 0..longest {
+            for s in 0..stripes {
+                let id = base + usaged::store::ids::id_of(s, slot, stripes);
+                let Some(u) = store.get(id).filter(|_| slot < store.stripe_len(e, s)) else {
+                    continue;
+                };
+                match format {
+                    ExportFormat::Ndjson => {
+                        usaged::app::usages::write_json(&mut line, id, &u);
+                        line.push(b'\n');
+                    }
+                    ExportFormat::Csv => usaged::app::usages::write_csv(&mut line, id, &u),
+                }
+                if line.len() >= 1 << 15 {
+                    if out.write_all(&line).is_err() {
+                        return ExitCode::FAILURE;
+                    }
+                    line.clear();
+                }
+            }
+        }
+    }
+    if out.write_all(&line).and_then(|_| out.flush()).is_err() {
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }

@@ -87,7 +87,7 @@ const POST: &str = "POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Type: applic
 #[test]
 fn steady_state_requests_allocate_nothing() {
     let store = Arc::new(Store::new(1));
-    let mut app = App::new(Arc::clone(&store), 0);
+    let mut app = App::new(Arc::clone(&store), store.writer(0));
     let mut out = Vec::with_capacity(64 * 1024);
     let date = DateCache::default();
     let mut conn = Conn::new(vec![0; DEFAULT_BUF].into_boxed_slice());

@@ -160,7 +160,7 @@ proptest! {
             input.push_back(rest.to_vec());
         }
         let store = Arc::new(Store::new(1));
-        let mut app = App::new(store, 0);
+        let mut app = App::new(Arc::clone(&store), store.writer(0));
         let (mut out, date) = (Vec::new(), DateCache::default());
         let timeouts = Timeouts { header_ms: 1000, body_ms: 1000, idle_ms: 1000, write_ms: 1000, linger_ms: 1000 };
         let limits = Limits { max_header: 1024, max_body: 4096, timeouts };

@@ -30,8 +30,7 @@ pub struct Answer<'a> {
 }
 
 impl App {
-    pub fn new(store: Arc<Store>, stripe: u32) -> Self {
-        let writer = store.writer(stripe);
+    pub fn new(store: Arc<Store>, writer: StripeWriter) -> Self {
         App { store, writer }
     }
 

@@ -6,7 +6,7 @@ use crate::http::response::{self, Extra, Persist};
 use crate::http::status::Reject;
 use crate::json::emit;
 use crate::json::scan::{self, Field, JsonError};
-use crate::store::arena::StoredPatient;
+use crate::store::arena::{StoredPatient, StoredUsage};
 use crate::store::{Store, StoreFull, StripeWriter};
 use crate::time::rfc3339;
 
@@ -49,63 +49,77 @@ pub fn get(
 ) -> Result<bool, Reject> {
     let id = id.ok_or(Reject::NotFound)?;
     let u = store.get(id).ok_or(Reject::NotFound)?;
-    let mut ids = itoa::Buffer::new();
-    let id_text = ids.format(id).as_bytes();
-    let mut pnum = itoa::Buffer::new();
-    let patient: (&[u8], bool) = match &u.patient {
-        StoredPatient::Num(n) => (pnum.format(*n).as_bytes(), false),
-        StoredPatient::Str(b, n) => (&b[..*n], true),
-    };
-    let mut ts = [0; rfc3339::MAX_LEN];
-    let ts_len = rfc3339::write(u.timestamp, &mut ts);
-    const P1: &[u8] = b"{\"id\":";
-    const P2: &[u8] = b",\"patientId\":";
-    const P3: &[u8] = b",\"timestamp\":\"";
-    const P4: &[u8] = b"\",\"medication\":\"";
-    const P5: &[u8] = b"\"}";
-    let patient_len = if patient.1 {
-        emit::escaped_len(patient.0) + 2
-    } else {
-        patient.0.len()
-    };
-    let len = P1.len()
-        + id_text.len()
-        + P2.len()
-        + patient_len
-        + P3.len()
-        + ts_len
-        + P4.len()
-        + emit::escaped_len(u.medication())
-        + P5.len();
+    // The body first (its length is the header's), then the head, then swap them in place.
+    let at = a.out.len();
+    write_json(a.out, id, &u);
+    let body_len = a.out.len() - at;
     let p = persist(head, a.force_close);
     response::head(
         a.out,
         b"HTTP/1.1 200 OK\r\n",
         a.date.text(),
         response::JSON,
-        len,
+        body_len,
         Extra::None,
         p,
     );
-    if head.method != Method::Head {
-        let out = &mut *a.out;
-        out.extend_from_slice(P1);
-        out.extend_from_slice(id_text);
-        out.extend_from_slice(P2);
-        if patient.1 {
-            out.push(b'"');
-            emit::escaped(out, patient.0);
-            out.push(b'"');
-        } else {
-            out.extend_from_slice(patient.0);
-        }
-        out.extend_from_slice(P3);
-        out.extend_from_slice(&ts[..ts_len]);
-        out.extend_from_slice(P4);
-        emit::escaped(out, u.medication());
-        out.extend_from_slice(P5);
+    a.out[at..].rotate_left(body_len);
+    if head.method == Method::Head {
+        a.out.truncate(a.out.len() - body_len);
     }
     Ok(p == Persist::Close)
+}
+
+/// `{"id":N,"patientId":…,"timestamp":"…","medication":"…"}`: the API's shape of a stored usage
+/// (also the lines of `usaged export`).
+pub fn write_json(out: &mut Vec<u8>, id: u64, u: &StoredUsage) {
+    let mut num = itoa::Buffer::new();
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(num.format(id).as_bytes());
+    out.extend_from_slice(b",\"patientId\":");
+    match &u.patient {
+        StoredPatient::Num(n) => out.extend_from_slice(num.format(*n).as_bytes()),
+        StoredPatient::Str(b, n) => {
+            out.push(b'"');
+            emit::escaped(out, &b[..*n]);
+            out.push(b'"');
+        }
+    }
+    let mut ts = [0; rfc3339::MAX_LEN];
+    let ts_len = rfc3339::write(u.timestamp, &mut ts);
+    out.extend_from_slice(b",\"timestamp\":\"");
+    out.extend_from_slice(&ts[..ts_len]);
+    out.extend_from_slice(b"\",\"medication\":\"");
+    emit::escaped(out, u.medication());
+    out.extend_from_slice(b"\"}");
+}
+
+/// `id,patientId,timestamp,medication` as a CSV row (strings always quoted, `"` doubled).
+pub fn write_csv(out: &mut Vec<u8>, id: u64, u: &StoredUsage) {
+    fn quoted(out: &mut Vec<u8>, s: &[u8]) {
+        out.push(b'"');
+        for &b in s {
+            if b == b'"' {
+                out.push(b'"');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    }
+    let mut num = itoa::Buffer::new();
+    out.extend_from_slice(num.format(id).as_bytes());
+    out.push(b',');
+    match &u.patient {
+        StoredPatient::Num(n) => out.extend_from_slice(num.format(*n).as_bytes()),
+        StoredPatient::Str(b, n) => quoted(out, &b[..*n]),
+    }
+    let mut ts = [0; rfc3339::MAX_LEN];
+    let ts_len = rfc3339::write(u.timestamp, &mut ts);
+    out.push(b',');
+    out.extend_from_slice(&ts[..ts_len]);
+    out.push(b',');
+    quoted(out, u.medication());
+    out.push(b'\n');
 }
 
 fn json_reason(e: JsonError) -> &'static str {

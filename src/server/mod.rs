@@ -17,8 +17,14 @@ use std::thread::JoinHandle;
 
 use crate::app::App;
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::{Store, StripeWriter};
 
+/// Workers this configuration runs: `--threads`, else one per CPU of the affinity mask.
+pub fn worker_count(config: &Config) -> usize {
+    config
+        .threads
+        .unwrap_or_else(|| core_affinity::get_core_ids().map_or(1, |c| c.len().max(1)))
+}
 /// A started server: every worker is accepting.
 pub struct Running {
     pub addr: SocketAddr,
@@ -34,12 +40,15 @@ pub struct Running {
 /// Bind every listener, start one worker per thread (pinned unless `--no-pin`), and return
 /// once all of them accept. Errors (a port in use, an address we do not have) come before any
 /// worker runs.
-pub fn start(config: &Config) -> io::Result<Running> {
+pub fn start(
+    config: &Config,
+    store: Arc<Store>,
+    writers: Vec<StripeWriter>,
+) -> io::Result<Running> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let threads = config.threads.unwrap_or(cores.len().max(1));
+    let threads = writers.len();
     let listeners = listener::bind_all(SocketAddr::new(config.bind, config.port), threads)?;
     let addr = listeners[0].local_addr()?;
-    let store = Arc::new(Store::new(threads as u32));
     // Past the limit, connections wait in the backlog instead of failing accept with EMFILE:
     // the open-file limit, less a reserve for the process, shared by the workers.
     let max_conns = config.max_conns.unwrap_or_else(|| {
@@ -62,7 +71,7 @@ pub fn start(config: &Config) -> io::Result<Running> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(threads);
-    for (index, listener) in listeners.into_iter().enumerate() {
+    for (index, (listener, writer)) in listeners.into_iter().zip(writers).enumerate() {
         let core = if config.pin && !cores.is_empty() {
             Some(cores[index % cores.len()])
         } else {
@@ -73,7 +82,7 @@ pub fn start(config: &Config) -> io::Result<Running> {
             index,
             listener,
             core,
-            app: App::new(Arc::clone(&store), index as u32),
+            app: App::new(Arc::clone(&store), writer),
             limits,
             max_conns,
             shutdown: Arc::clone(&shutdown),

@@ -109,7 +109,11 @@ pub fn run(setup: Setup) {
     };
     let mut events = Events::with_capacity(1024);
     loop {
-        if let Err(e) = poll.poll(&mut events, w.poll_timeout()) {
+        let sync_due = app
+            .writer
+            .journal_mut()
+            .and_then(|j| j.sync_due_in(Instant::now()));
+        if let Err(e) = poll.poll(&mut events, w.poll_timeout(sync_due)) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
@@ -135,6 +139,11 @@ pub fn run(setup: Setup) {
         }
         if let Some(deadline) = w.draining {
             if w.open == 0 || Instant::now() >= deadline {
+                if let Some(j) = app.writer.journal_mut() {
+                    if let Err(e) = j.flush(Instant::now()).and_then(|_| j.sync_now()) {
+                        eprintln!("worker {index}: final journal sync failed: {e}");
+                    }
+                }
                 return;
             }
         }
@@ -174,8 +183,12 @@ struct Worker {
 impl Worker {
     /// Sleep until an event, the next timer bucket, the end of an accept backoff, or (while
     /// draining) the next look at the clock.
-    fn poll_timeout(&self) -> Option<Duration> {
+    fn poll_timeout(&self, sync_due: Option<Duration>) -> Option<Duration> {
         let timers = self.wheel.next_due_in(self.now_ms);
+        let timers = match (timers, sync_due) {
+            (Some(t), Some(s)) => Some(t.min(s.as_millis() as u64 + 1)),
+            (t, s) => t.or(s.map(|s| s.as_millis() as u64 + 1)),
+        };
         let backoff = self.backoff_until.map(|t| t.saturating_sub(self.now_ms));
         let ms = match (timers, backoff) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -310,6 +323,15 @@ impl Worker {
     /// End of a loop turn: the journal first, then every connection's answers, one write each;
     /// connections that stopped with their output full run again, until none has more.
     fn flush_turn(&mut self, app: &mut App) {
+        if let Some(j) = app.writer.journal_mut() {
+            let now = Instant::now();
+            let due = j.sync_due_in(now).is_some_and(|d| d.is_zero());
+            if (j.has_pending() || due) && !j.failed() {
+                if let Err(e) = j.flush(now) {
+                    return self.journal_failed(&e);
+                }
+            }
+        }
         while !self.turn.is_empty() {
             let mut turn = std::mem::take(&mut self.turn);
             for (index, generation, a, b) in turn.drain(..) {
@@ -328,6 +350,12 @@ impl Worker {
             }
             self.turn = turn;
             self.out.clear();
+            if let Some(j) = app.writer.journal_mut().filter(|j| j.has_pending()) {
+                // Connections driven again stored more usages: journal them before answering.
+                if let Err(e) = j.flush(Instant::now()) {
+                    return self.journal_failed(&e);
+                }
+            }
             let mut again = std::mem::take(&mut self.again);
             for index in again.drain(..) {
                 let generation = self.slots[index].generation;
@@ -351,6 +379,23 @@ impl Worker {
             }
             Next::Close => self.close(index),
         }
+    }
+
+    /// The journal could not be written: the usages of this turn are not durable, so their
+    /// `201`s must not go. Close those connections unanswered (clients retry); the stripe takes
+    /// no more usages (`503`) from now on.
+    #[cold]
+    fn journal_failed(&mut self, e: &io::Error) {
+        eprintln!(
+            "worker {}: journal write failed: {e}; closing this turn's connections unanswered",
+            self.index
+        );
+        for (index, generation, _, _) in std::mem::take(&mut self.turn) {
+            if self.slots[index].generation == generation {
+                self.close(index);
+            }
+        }
+        self.out.clear();
     }
 
     fn arm(&mut self, index: usize) {

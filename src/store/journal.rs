@@ -283,6 +283,16 @@ impl Journal {
         Ok(())
     }
 
+    /// Make everything written so far durable now (at shutdown).
+    pub fn sync_now(&mut self) -> io::Result<()> {
+        if self.unsynced {
+            self.file.sync_data()?;
+            self.unsynced = false;
+            self.syncs += 1;
+        }
+        Ok(())
+    }
+
     /// When the next interval sync is due (for the loop's poll timeout), if one is.
     pub fn sync_due_in(&self, now: Instant) -> Option<Duration> {
         (self.unsynced && self.sync == SyncMode::Interval)

@@ -31,6 +31,9 @@ pub struct Recovered {
     pub warnings: Vec<String>,
 }
 
+/// A segment's bytes and the end of its last whole record.
+type SegmentBytes = (Vec<u8>, usize);
+
 struct Segment {
     path: PathBuf,
     header: Header,
@@ -69,7 +72,7 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
         }
     }
     // Read every record (the bytes stay in memory until the store is built).
-    let mut data: BTreeMap<(u64, u32, u32), Vec<(Vec<u8>, usize)>> = BTreeMap::new();
+    let mut data: BTreeMap<(u64, u32, u32), Vec<SegmentBytes>> = BTreeMap::new();
     let mut max_id = 0;
     for (&(base, stripes), by_stripe) in &epochs {
         for (&stripe, segs) in by_stripe {

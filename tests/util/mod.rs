@@ -4,6 +4,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,6 +15,17 @@ pub const README_BODY: &str = r#"{"patientId":"100","timestamp":"Tue Nov 01 2016
 pub struct Server {
     pub child: Child,
     pub port: u16,
+    /// The journal directory; removed on drop unless the test keeps it.
+    pub data_dir: PathBuf,
+    pub keep_data: bool,
+}
+
+/// A fresh directory for a server's journal.
+pub fn temp_data_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!("usaged-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let _ = std::fs::remove_dir_all(&d);
+    d
 }
 
 impl Server {
@@ -23,6 +36,17 @@ impl Server {
 
     /// As [`Server::start`], with the open-file limit (soft and hard) set to `nofile` first.
     pub fn start_limited(nofile: Option<u32>, extra: &[&str]) -> Server {
+        Server::start_with(nofile, &temp_data_dir(), extra)
+    }
+
+    /// As [`Server::start`], with its journal in `data_dir` (kept after the server stops).
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut s = Server::start_with(None, data_dir, extra);
+        s.keep_data = true;
+        s
+    }
+
+    fn start_with(nofile: Option<u32>, data_dir: &Path, extra: &[&str]) -> Server {
         let mut cmd = match nofile {
             None => Command::new(env!("CARGO_BIN_EXE_usaged")),
             Some(n) => {
@@ -36,15 +60,8 @@ impl Server {
             }
         };
         let mut child = cmd
-            .args([
-                "--port",
-                "0",
-                "--threads",
-                "4",
-                "--no-pin",
-                "--bind",
-                "127.0.0.1",
-            ])
+            .args(["--port", "0", "--threads", "4", "--no-pin", "--bind", "127.0.0.1", "--data-dir"])
+            .arg(data_dir)
             .args(extra)
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
@@ -77,7 +94,7 @@ impl Server {
             .unwrap();
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Server { child, port }
+        Server { child, port, data_dir: data_dir.to_path_buf(), keep_data: false }
     }
 
     pub fn connect(&self) -> Client {
@@ -158,6 +175,9 @@ impl Drop for Server {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        if !self.keep_data {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
         }
     }
 }

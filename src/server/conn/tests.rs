@@ -77,7 +77,10 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         Harness {
-            app: App::new(Arc::new(Store::new(1)), 0),
+            app: {
+                let store = Arc::new(Store::new(1));
+                App::new(Arc::clone(&store), store.writer(0))
+            },
             out: Vec::new(),
             date: DateCache::default(),
             conn: Conn::new(vec![0; DEFAULT_BUF].into_boxed_slice()),
