@@ -5,8 +5,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub const README_BODY: &str = r#"{"patientId":"100","timestamp":"Tue Nov 01 2016 09:11:51 GMT-0500 (CDT)","medication":"Albuterol"}"#;
@@ -23,7 +23,11 @@ pub struct Server {
 /// A fresh directory for a server's journal.
 pub fn temp_data_dir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!("usaged-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let d = std::env::temp_dir().join(format!(
+        "usaged-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&d);
     d
 }
@@ -60,7 +64,16 @@ impl Server {
             }
         };
         let mut child = cmd
-            .args(["--port", "0", "--threads", "4", "--no-pin", "--bind", "127.0.0.1", "--data-dir"])
+            .args([
+                "--port",
+                "0",
+                "--threads",
+                "4",
+                "--no-pin",
+                "--bind",
+                "127.0.0.1",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(extra)
             .stdin(Stdio::null())
@@ -94,7 +107,12 @@ impl Server {
             .unwrap();
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Server { child, port, data_dir: data_dir.to_path_buf(), keep_data: false }
+        Server {
+            child,
+            port,
+            data_dir: data_dir.to_path_buf(),
+            keep_data: false,
+        }
     }
 
     pub fn connect(&self) -> Client {
