@@ -17,7 +17,9 @@ ensure_tools() {
 start_usaged() {
   local cpu=$1; shift
   local log="$WORK/usaged.err"
-  taskset -c "$cpu" "$ROOT/target/release/usaged" --port 0 --bind 127.0.0.1 "$@" 2>"$log" &
+  # A fresh journal per run (the default, --sync interval); flags given later override it.
+  rm -rf "$WORK/data"
+  taskset -c "$cpu" "$ROOT/target/release/usaged" --port 0 --bind 127.0.0.1 --data-dir "$WORK/data" "$@" 2>"$log" &
   USAGED_PID=$!
   for _ in $(seq 1 500); do
     if grep -q '^listening on' "$log"; then
