@@ -17,6 +17,6 @@ USAGED_STRESS_SCALE=$scale cargo test --release --test hostile -- --test-threads
 echo
 echo "| test | tried | held |"
 echo "|---|---|---|"
-grep '^STRESS|' "$log" | cut -d'|' -f2- | sed 's/^/| /; s/$/ |/'
+grep -o 'STRESS|.*' "$log" | cut -d'|' -f2- | sed 's/|/ | /g; s/^/| /; s/$/ |/'
 grep -E '^test .* FAILED$' "$log" | sed 's/^test \(.*\) \.\.\. FAILED$/| \1 | | FAILED |/' || true
 exit "$status"
