@@ -9,7 +9,7 @@ pub const USAGE: &str = "\
 usage: usaged [--bind ADDR] [--port N] [--threads N] [--no-pin] [--max-body BYTES] [--max-header BYTES]
               [--max-conns N] [--header-timeout S] [--body-timeout S] [--idle-timeout S]
               [--write-timeout S] [--shutdown-timeout S]
-              [--data-dir DIR] [--in-memory] [--sync always|interval|never] [--repair]
+              [--data-dir DIR] [--in-memory] [--sync always|interval|never] [--repair] [--stats S]
        usaged export [--data-dir DIR] [--format ndjson|csv]--bind ADDR          address to listen on                      [default: 0.0.0.0]
   --port N             TCP port, 0 picks a free one              [default: $PORT, else 3000]
   --threads N          worker threads, one event loop each       [default: CPUs in the affinity mask]
@@ -31,6 +31,8 @@ usage: usaged [--bind ADDR] [--port N] [--threads N] [--no-pin] [--max-body BYTE
   --in-memory          keep no journal: usages are lost on exit (for benchmarks)
   --sync MODE          always: fdatasync before each turn's 201s; interval: at most a second of
                        usages lost on power failure; never: left to the kernel [default: interval]
+  --stats S            print a status line to stderr every S seconds (requests/s, p50/p99,
+                       connections, errors, usages stored) [default: off]
   --repair             start even if a journal record in the middle is bad: keep what comes
                        before it, move the rest aside
   export               print every stored usage in id order to stdout, as ndjson (default)
@@ -57,6 +59,8 @@ pub struct Config {
     pub in_memory: bool,
     pub sync: SyncMode,
     pub repair: bool,
+    /// Seconds between status lines on stderr (`None`: none).
+    pub stats: Option<Duration>,
 }
 impl Default for Config {
     fn default() -> Self {
@@ -77,6 +81,7 @@ impl Default for Config {
             in_memory: false,
             sync: SyncMode::Interval,
             repair: false,
+            stats: None,
         }
     }
 }
@@ -149,6 +154,7 @@ pub fn parse(
             "--data-dir" => c.data_dir = PathBuf::from(value("a directory")?),
             "--in-memory" => c.in_memory = true,
             "--repair" => c.repair = true,
+            "--stats" => c.stats = Some(seconds(&flag, &value("seconds")?)?),
             "--sync" => {
                 c.sync = match value("always, interval or never")?.as_str() {
                     "always" => SyncMode::Always,

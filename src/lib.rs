@@ -15,6 +15,7 @@ pub mod app;
 pub mod config;
 pub mod http;
 pub mod json;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod time;

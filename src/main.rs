@@ -48,6 +48,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let stats_store = Arc::clone(&store);
     let running = match server::start(&config, store, writers) {
         Ok(r) => r,
         Err(e) => {
@@ -92,6 +93,10 @@ fn main() -> ExitCode {
         "listening on {} ({} workers)",
         running.addr, running.workers
     );
+    if let Some(every) = config.stats {
+        let (metrics, store) = (Arc::clone(&running.metrics), stats_store);
+        std::thread::spawn(move || status_lines(&metrics, &store, every));
+    }
     match signals::wait_for_shutdown() {
         Ok(sig) => eprintln!("usaged: signal {sig}, draining"),
         Err(e) => eprintln!("usaged: sigwait failed: {e}; shutting down"),
@@ -99,6 +104,32 @@ fn main() -> ExitCode {
     running.stop();
     eprintln!("usaged: stopped");
     ExitCode::SUCCESS
+}
+
+/// `--stats`: one line to stderr every `every`, about the interval just ended.
+fn status_lines(m: &usaged::metrics::Metrics, store: &Store, every: std::time::Duration) {
+    use usaged::metrics::Totals;
+    let mut last = m.totals();
+    loop {
+        std::thread::sleep(every);
+        let now = m.totals();
+        let (b0, b1) = (last.buckets(), now.buckets());
+        let delta: [u64; 15] = std::array::from_fn(|i| b1[i] - b0[i]);
+        let ms = |q| {
+            Totals::quantile(&delta, q)
+                .map_or("-".to_string(), |s: f64| format!("{:.3} ms", s * 1e3))
+        };
+        eprintln!(
+            "usaged: {:.0} req/s, p50 \u{2264} {}, p99 \u{2264} {}, {} connections, {} errors, {} usages stored",
+            (now.requests() - last.requests()) as f64 / every.as_secs_f64(),
+            ms(0.5),
+            ms(0.99),
+            now.open_connections(),
+            now.errors() - last.errors(),
+            store.len()
+        );
+        last = now;
+    }
 }
 
 /// The store and one writer per worker: recovered from the journal (which each writer then

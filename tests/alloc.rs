@@ -13,6 +13,8 @@ use usaged::http::date::DateCache;
 use usaged::server::conn::{Conn, Ctx, DEFAULT_BUF, Limits, Next, Timeouts};
 use usaged::store::Store;
 
+static WORKER_METRICS: std::sync::LazyLock<usaged::metrics::WorkerMetrics> =
+    std::sync::LazyLock::new(Default::default);
 const TIMEOUTS: Timeouts = Timeouts {
     header_ms: 10_000,
     body_ms: 10_000,
@@ -87,7 +89,11 @@ const POST: &str = "POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Type: applic
 #[test]
 fn steady_state_requests_allocate_nothing() {
     let store = Arc::new(Store::new(1));
-    let mut app = App::new(Arc::clone(&store), store.writer(0));
+    let mut app = App::new(
+        Arc::clone(&store),
+        store.writer(0),
+        Arc::new(usaged::metrics::Metrics::new(1)),
+    );
     let mut out = Vec::with_capacity(64 * 1024);
     let date = DateCache::default();
     let mut conn = Conn::new(vec![0; DEFAULT_BUF].into_boxed_slice());
@@ -124,6 +130,7 @@ fn steady_state_requests_allocate_nothing() {
                 limits,
                 draining: false,
                 now_ms: 0,
+                metrics: &WORKER_METRICS,
             };
             assert_eq!(conn.run_once(sock, &mut ctx, true), Next::Keep);
         }

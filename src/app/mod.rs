@@ -12,6 +12,7 @@ use crate::http::date::DateCache;
 use crate::http::request::{Head, Method};
 use crate::http::response::{self, Extra, Persist};
 use crate::http::status::Reject;
+use crate::metrics::Metrics;
 use crate::store::{Store, StripeWriter};
 pub use router::Route;
 
@@ -19,6 +20,8 @@ pub use router::Route;
 pub struct App {
     pub store: Arc<Store>,
     pub writer: StripeWriter,
+    /// Every worker's counters, for `GET /metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// What the handler needs besides the request: where to write and how to end the answer.
@@ -30,26 +33,31 @@ pub struct Answer<'a> {
 }
 
 impl App {
-    pub fn new(store: Arc<Store>, writer: StripeWriter) -> Self {
-        App { store, writer }
+    pub fn new(store: Arc<Store>, writer: StripeWriter, metrics: Arc<Metrics>) -> Self {
+        App {
+            store,
+            writer,
+            metrics,
+        }
     }
 
-    /// Answer a complete request; returns whether the connection must close after it.
+    /// Answer a complete request: `(close the connection after it, status)`.
     pub fn respond(
         &mut self,
         route: Result<Route, Reject>,
         head: &Head,
         body: &mut [u8],
         a: &mut Answer<'_>,
-    ) -> bool {
+    ) -> (bool, u16) {
         let result = route.and_then(|route| match route {
-            Route::CreateUsage => usages::create(&mut self.writer, body, head, a),
-            Route::GetUsage(id) => usages::get(&self.store, id, head, a),
-            Route::Health => health::get(head, a),
+            Route::CreateUsage => usages::create(&mut self.writer, body, head, a).map(|c| (c, 201)),
+            Route::GetUsage(id) => usages::get(&self.store, id, head, a).map(|c| (c, 200)),
+            Route::Health => health::get(head, a).map(|c| (c, 200)),
+            Route::Metrics => Ok((health::metrics(&self.metrics, &self.store, head, a), 200)),
         });
         match result {
-            Ok(close) => close,
-            Err(r) => reject(r, Some(head), a),
+            Ok(done) => done,
+            Err(r) => (reject(r, Some(head), a), r.status()),
         }
     }
 }

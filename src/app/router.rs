@@ -11,6 +11,20 @@ pub enum Route {
     /// `GET`/`HEAD /api/usages/{id}`; `None` when `{id}` is not a positive decimal integer.
     GetUsage(Option<u64>),
     Health,
+    Metrics,
+}
+
+impl Route {
+    /// The `route` label of `usaged_requests_total`.
+    pub fn label(route: &Result<Route, Reject>) -> usize {
+        match route {
+            Ok(Route::CreateUsage) => crate::metrics::ROUTE_CREATE,
+            Ok(Route::GetUsage(_)) => crate::metrics::ROUTE_GET,
+            Ok(Route::Health) => crate::metrics::ROUTE_HEALTH,
+            Ok(Route::Metrics) => crate::metrics::ROUTE_METRICS,
+            Err(_) => crate::metrics::ROUTE_OTHER,
+        }
+    }
 }
 
 const POST_ONLY: &str = "POST";
@@ -28,6 +42,8 @@ pub fn route(head: &Head, path: &[u8]) -> Result<Route, Reject> {
         b"/api/usages" => Err(Reject::MethodNotAllowed(POST_ONLY)),
         b"/health" | b"/" if read => Ok(Route::Health),
         b"/health" | b"/" => Err(Reject::MethodNotAllowed(READ_ONLY)),
+        b"/metrics" if read => Ok(Route::Metrics),
+        b"/metrics" => Err(Reject::MethodNotAllowed(READ_ONLY)),
         _ => match path.strip_prefix(b"/api/usages/") {
             Some(id) if !id.is_empty() && !id.contains(&b'/') => {
                 if read {
@@ -140,7 +156,11 @@ mod tests {
             ),
             (
                 "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".into(),
-                Err(Reject::NotFound),
+                Ok(Route::Metrics),
+            ),
+            (
+                "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".into(),
+                Err(Reject::MethodNotAllowed(READ_ONLY)),
             ),
         ];
         for (req, want) in rows {

@@ -24,6 +24,13 @@ pub enum Reject {
 }
 
 impl Reject {
+    /// The status code.
+    pub fn status(self) -> u16 {
+        let line = self.parts().0;
+        line[9..12]
+            .iter()
+            .fold(0, |n, d| n * 10 + u16::from(d - b'0'))
+    }
     /// `(status line, reason, close the connection after answering)`.
     pub fn parts(self) -> (&'static [u8], &'static str, bool) {
         match self {

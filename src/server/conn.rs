@@ -7,6 +7,9 @@
 //! `write`. Generic over the socket so the state machine runs in tests without a network.
 
 use std::io::{self, Read, Write};
+use std::time::Instant;
+
+use crate::metrics::{self, WorkerMetrics};
 
 use crate::app::{self, Answer, App, Route, router};
 use crate::http::chunked::{ChunkError, Chunked, Progress};
@@ -49,6 +52,7 @@ pub struct Timeouts {
 /// What a connection's deadline stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timeout {
+    // In the order of `metrics::TIMEOUTS`.
     Idle,
     Header,
     Body,
@@ -77,6 +81,8 @@ pub struct Ctx<'a> {
     pub draining: bool,
     /// The worker's coarse clock (milliseconds), read once per loop turn.
     pub now_ms: u64,
+    /// This worker's counters.
+    pub metrics: &'a WorkerMetrics,
 }
 
 /// What the worker does with the connection after [`Conn::on_ready`].
@@ -121,6 +127,13 @@ pub struct Conn {
     closing: bool,
     /// Stopped with complete requests left because its output was full.
     more: bool,
+    /// When the read that brought the first byte of the request at `start` happened.
+    req_started: Option<Instant>,
+    last_read: Option<Instant>,
+    /// Requests answered in this readiness: the first one's start, and how many more (which
+    /// started at `last_read`).
+    batch_first: Option<Instant>,
+    batch_rest: u64,
     /// The client closed its sending side.
     eof: bool,
     /// The last read left the socket drained.
@@ -153,6 +166,10 @@ impl Conn {
             unsent: Vec::new(),
             closing: false,
             more: false,
+            req_started: None,
+            last_read: None,
+            batch_first: None,
+            batch_rest: 0,
             eof: false,
             drained: true,
             hup: false,
@@ -227,7 +244,12 @@ impl Conn {
                 // The 408 goes out through `complete`, which then closes (lingering over what
                 // the client may still be sending).
                 let head = self.pending.take().map(|p| p.head);
-                app::reject(Reject::RequestTimeout, head.as_ref(), &mut answer(ctx));
+                refuse(
+                    Reject::RequestTimeout,
+                    head.as_ref(),
+                    metrics::ROUTE_OTHER,
+                    ctx,
+                );
                 self.closing = true;
                 self.drained = false;
                 Next::Keep
@@ -275,6 +297,7 @@ impl Conn {
             match write_once(sock, &self.unsent) {
                 Ok(0) => {}
                 Ok(n) => {
+                    ctx.metrics.add(metrics::BYTES_OUT, n as u64);
                     self.unsent.drain(..n);
                     self.active_ms = ctx.now_ms;
                 }
@@ -299,10 +322,11 @@ impl Conn {
                 break;
             }
             if !self.make_room(ctx.limits) {
-                crate::app::reject(
+                refuse(
                     Reject::BadRequest("request too large"),
                     None,
-                    &mut answer(ctx),
+                    metrics::ROUTE_OTHER,
+                    ctx,
                 );
                 self.closing = true;
                 break;
@@ -311,6 +335,12 @@ impl Conn {
             match sock.read(&mut self.buf[self.end..]) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
+                    let t = Instant::now();
+                    if self.start == self.end {
+                        self.req_started = Some(t);
+                    }
+                    self.last_read = Some(t);
+                    ctx.metrics.add(metrics::BYTES_IN, n as u64);
                     self.end += n;
                     readable = n == space || self.hup;
                     self.drained = !readable;
@@ -322,6 +352,14 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Next::Close,
             }
+        }
+        if self.batch_first.is_some() || self.batch_rest > 0 {
+            let now = Instant::now();
+            let ns = |t: Option<Instant>| t.map_or(0, |t| now.duration_since(t).as_nanos() as u64);
+            ctx.metrics.latency(ns(self.batch_first), 1);
+            ctx.metrics.latency(ns(self.last_read), self.batch_rest);
+            self.batch_first = None;
+            self.batch_rest = 0;
         }
         // The answers wait in the worker's output buffer until the journal has this turn's
         // usages; then the worker hands them to `complete`.
@@ -336,6 +374,7 @@ impl Conn {
         out: &[u8],
         ctx_now_ms: u64,
         t: &Timeouts,
+        m: &WorkerMetrics,
     ) -> Next {
         if self.lingering.is_some() {
             // Already closing: it only reads and discards now.
@@ -344,6 +383,7 @@ impl Conn {
         if !out.is_empty() {
             match write_once(sock, out) {
                 Ok(n) => {
+                    m.add(metrics::BYTES_OUT, n as u64);
                     if n > 0 {
                         self.active_ms = ctx_now_ms;
                     }
@@ -394,7 +434,7 @@ impl Conn {
             if next != Next::Keep {
                 return next;
             }
-            let next = self.complete(sock, ctx.out, ctx.now_ms, &ctx.limits.timeouts);
+            let next = self.complete(sock, ctx.out, ctx.now_ms, &ctx.limits.timeouts, ctx.metrics);
             ctx.out.clear();
             if next != Next::Keep || !self.take_more() {
                 return next;
@@ -420,7 +460,7 @@ impl Conn {
             }
             if self.pending.is_none() && self.admitted.is_some_and(|a| self.start >= a) {
                 let r = Reject::Unavailable("server is shutting down");
-                app::reject(r, None, &mut answer(ctx));
+                refuse(r, None, metrics::ROUTE_OTHER, ctx);
                 self.closing = true;
                 return Stop::Idle;
             }
@@ -433,7 +473,7 @@ impl Conn {
                 ) {
                     Parsed::Partial => return Stop::Idle,
                     Parsed::Reject(r) => {
-                        app::reject(r, None, &mut answer(ctx));
+                        refuse(r, None, metrics::ROUTE_OTHER, ctx);
                         self.closing = true;
                         return Stop::Idle;
                     }
@@ -474,7 +514,7 @@ impl Conn {
                             ChunkError::Malformed => Reject::BadRequest("malformed chunked body"),
                             ChunkError::TooLarge => Reject::PayloadTooLarge,
                         };
-                        app::reject(r, Some(&p.head), &mut answer(ctx));
+                        refuse(r, Some(&p.head), Route::label(&p.route), ctx);
                         self.closing = true;
                         return Stop::Idle;
                     }
@@ -487,10 +527,23 @@ impl Conn {
                 date: ctx.date,
                 force_close: ctx.draining,
             };
-            if ctx.app.respond(p.route, &p.head, body, &mut a) {
+            let (close, status) = ctx.app.respond(p.route, &p.head, body, &mut a);
+            ctx.metrics.request(Route::label(&p.route), status);
+            if close {
                 self.closing = true;
             }
+            // Server time: from the read that brought the request's first byte to now (taken
+            // once per readiness, in `drive`).
+            match self.batch_first {
+                None if self.batch_rest == 0 => self.batch_first = self.req_started,
+                _ => self.batch_rest += 1,
+            }
             self.start = body_start + consumed;
+            self.req_started = if self.start < self.end {
+                self.last_read
+            } else {
+                None
+            };
             self.head_since_ms = None;
             self.active_ms = ctx.now_ms;
         }
@@ -507,7 +560,7 @@ impl Conn {
                 Err(r) => {
                     let mut head = p.head;
                     head.keep_alive = false;
-                    app::reject(r, Some(&head), &mut answer(ctx));
+                    refuse(r, Some(&head), Route::label(&p.route), ctx);
                     self.closing = true;
                 }
             }
@@ -603,6 +656,13 @@ impl Conn {
         self.lingering = Some(discarded);
         Next::Keep
     }
+}
+
+/// Answer with the error `r`, and count it.
+#[cold]
+fn refuse(r: Reject, head: Option<&Head>, route: usize, ctx: &mut Ctx<'_>) {
+    ctx.metrics.request(route, r.status());
+    app::reject(r, head, &mut answer(ctx));
 }
 
 fn answer<'c>(ctx: &'c mut Ctx<'_>) -> Answer<'c> {

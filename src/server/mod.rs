@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 
 use crate::app::App;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::{Store, StripeWriter};
 
 /// Workers this configuration runs: `--threads`, else one per CPU of the affinity mask.
@@ -28,6 +29,7 @@ pub fn worker_count(config: &Config) -> usize {
 /// A started server: every worker is accepting.
 pub struct Running {
     pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
     pub workers: usize,
     /// The CPU each worker is pinned to (`None`: not pinned).
     pub cpus: Vec<Option<usize>>,
@@ -68,6 +70,7 @@ pub fn start(
         },
     };
     let mut cpus = Vec::with_capacity(threads);
+    let metrics = Arc::new(Metrics::new(threads));
     let shutdown = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(threads);
@@ -82,7 +85,8 @@ pub fn start(
             index,
             listener,
             core,
-            app: App::new(Arc::clone(&store), writer),
+            app: App::new(Arc::clone(&store), writer, Arc::clone(&metrics)),
+            metrics: Arc::clone(&metrics),
             limits,
             max_conns,
             shutdown: Arc::clone(&shutdown),
@@ -105,6 +109,7 @@ pub fn start(
     }
     Ok(Running {
         addr,
+        metrics,
         workers: threads,
         cpus,
         max_conns,

@@ -17,6 +17,7 @@ use super::conn::{Conn, Ctx, DEFAULT_BUF, Limits, Next};
 use super::timer::{Entry, Wheel};
 use crate::app::App;
 use crate::http::date::DateCache;
+use crate::metrics::{self, Metrics};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -31,6 +32,7 @@ const DRAIN_TICK: Duration = Duration::from_millis(50);
 /// Everything a worker thread starts with.
 pub struct Setup {
     pub index: usize,
+    pub metrics: Arc<Metrics>,
     pub listener: StdListener,
     pub core: Option<core_affinity::CoreId>,
     pub app: App,
@@ -57,6 +59,7 @@ fn token(index: usize, generation: u32) -> Token {
 pub fn run(setup: Setup) {
     let Setup {
         index,
+        metrics,
         listener,
         core,
         mut app,
@@ -87,6 +90,7 @@ pub fn run(setup: Setup) {
     let _ = ready.send(Ok(waker));
     let mut w = Worker {
         index,
+        metrics,
         listener: Some(listener),
         slots: Vec::new(),
         free: Vec::new(),
@@ -152,6 +156,7 @@ pub fn run(setup: Setup) {
 
 struct Worker {
     index: usize,
+    metrics: Arc<Metrics>,
     listener: Option<TcpListener>,
     slots: Vec<Slot>,
     free: Vec<usize>,
@@ -240,6 +245,9 @@ impl Worker {
                         Conn::accepted(buf, self.now_ms, &self.limits.timeouts),
                     ));
                     self.open += 1;
+                    self.metrics
+                        .worker(self.index)
+                        .add(metrics::CONNS_ACCEPTED, 1);
                     self.backoff_ms = BACKOFF_MIN_MS;
                     self.arm(index);
                 }
@@ -259,6 +267,9 @@ impl Worker {
             "worker {}: accept failed: {e}; pausing accepts for {} ms",
             self.index, self.backoff_ms
         );
+        let m = self.metrics.worker(self.index);
+        m.add(metrics::ACCEPT_ERRORS, 1);
+        m.add(metrics::ACCEPT_BACKOFFS, 1);
         self.backoff_until = Some(self.now_ms + self.backoff_ms);
         self.backoff_ms = (self.backoff_ms * 2).min(BACKOFF_MAX_MS);
     }
@@ -285,6 +296,7 @@ impl Worker {
             limits: self.limits,
             draining: self.draining.is_some(),
             now_ms: self.now_ms,
+            metrics: self.metrics.worker(self.index),
         };
         (ctx, &mut self.slots)
     }
@@ -327,7 +339,12 @@ impl Worker {
             let now = Instant::now();
             let due = j.sync_due_in(now).is_some_and(|d| d.is_zero());
             if (j.has_pending() || due) && !j.failed() {
-                if let Err(e) = j.flush(now) {
+                let flushed = j.flush(now);
+                let m = self.metrics.worker(self.index);
+                m.set(metrics::JOURNAL_BYTES, j.bytes_written);
+                m.set(metrics::JOURNAL_FSYNCS, j.syncs);
+                m.set(metrics::JOURNAL_FSYNC_NS, j.sync_ns);
+                if let Err(e) = flushed {
                     return self.journal_failed(&e);
                 }
             }
@@ -341,8 +358,13 @@ impl Worker {
                 else {
                     continue;
                 };
-                let next =
-                    conn.complete(stream, &self.out[a..b], self.now_ms, &self.limits.timeouts);
+                let next = conn.complete(
+                    stream,
+                    &self.out[a..b],
+                    self.now_ms,
+                    &self.limits.timeouts,
+                    self.metrics.worker(self.index),
+                );
                 if next == Next::Keep && conn.take_more() {
                     self.again.push(index);
                 }
@@ -443,6 +465,8 @@ impl Worker {
                 continue;
             };
             conn.filed_ms = None;
+            let kind = conn.deadline().1 as usize;
+            ctx.metrics.add(metrics::TIMEOUT + kind, 1);
             let next = conn.on_timeout(&mut ctx);
             self.settle(index, start, next);
         }
@@ -460,6 +484,9 @@ impl Worker {
             slot.generation = slot.generation.wrapping_add(1) & 0x7fff_ffff;
             self.free.push(index);
             self.open -= 1;
+            self.metrics
+                .worker(self.index)
+                .add(metrics::CONNS_CLOSED, 1);
         }
     }
 

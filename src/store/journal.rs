@@ -203,6 +203,8 @@ pub struct Journal {
     /// Bytes written and syncs done, for the operator.
     pub bytes_written: u64,
     pub syncs: u64,
+    /// Time spent in `fdatasync`, nanoseconds.
+    pub sync_ns: u64,
 }
 
 impl Journal {
@@ -228,6 +230,7 @@ impl Journal {
             failed: false,
             bytes_written: 0,
             syncs: 0,
+            sync_ns: 0,
         })
     }
 
@@ -272,7 +275,9 @@ impl Journal {
             SyncMode::Never => false,
         };
         if self.unsynced && due {
+            let t = Instant::now();
             self.file.sync_data()?;
+            self.sync_ns += t.elapsed().as_nanos() as u64;
             self.unsynced = false;
             self.last_sync = now;
             self.syncs += 1;

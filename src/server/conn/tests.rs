@@ -59,6 +59,8 @@ impl Write for MockSock {
 
 pub const POST: &[u8] = b"POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 98\r\n\r\n{\"patientId\":\"100\",\"timestamp\":\"Tue Nov 01 2016 09:11:51 GMT-0500 (CDT)\",\"medication\":\"Albuterol\"}";
 
+static WORKER_METRICS: std::sync::LazyLock<crate::metrics::WorkerMetrics> =
+    std::sync::LazyLock::new(Default::default);
 const TIMEOUTS: Timeouts = Timeouts {
     header_ms: 10_000,
     body_ms: 10_000,
@@ -79,7 +81,11 @@ impl Harness {
         Harness {
             app: {
                 let store = Arc::new(Store::new(1));
-                App::new(Arc::clone(&store), store.writer(0))
+                App::new(
+                    Arc::clone(&store),
+                    store.writer(0),
+                    Arc::new(crate::metrics::Metrics::new(1)),
+                )
             },
             out: Vec::new(),
             date: DateCache::default(),
@@ -100,6 +106,7 @@ impl Harness {
             },
             draining: false,
             now_ms: 0,
+            metrics: &WORKER_METRICS,
         };
         self.conn.run_once(sock, &mut ctx, readable)
     }

@@ -1,0 +1,380 @@
+//! Operator metrics at no cost to the hot path: each worker counts in its own cache-line-aligned
+//! cells with plain relaxed stores (a load and a store, no read-modify-write, no lock); a scrape
+//! of `GET /metrics` sums the workers and renders the Prometheus text format (0.0.4).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::store::Store;
+
+/// Route labels of `usaged_requests_total`.
+pub const ROUTES: [&str; 5] = ["create_usage", "get_usage", "health", "metrics", "other"];
+pub const ROUTE_CREATE: usize = 0;
+pub const ROUTE_GET: usize = 1;
+pub const ROUTE_HEALTH: usize = 2;
+pub const ROUTE_METRICS: usize = 3;
+pub const ROUTE_OTHER: usize = 4;
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Upper bounds of the latency histogram's buckets, in nanoseconds (then +Inf).
+pub const BUCKETS_NS: [u64; 14] = [
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+];
+const BUCKET_LABELS: [&str; 15] = [
+    "5e-06", "1e-05", "2.5e-05", "5e-05", "0.0001", "0.00025", "0.0005", "0.001", "0.0025",
+    "0.005", "0.01", "0.025", "0.05", "0.1", "+Inf",
+];
+/// Timeout kinds of `usaged_timeouts_total`.
+pub const TIMEOUTS: [&str; 5] = ["idle", "header", "body", "write", "linger"];
+
+// Cell layout.
+const REQUESTS: usize = 0; // ROUTES × CLASSES
+const HIST: usize = REQUESTS + 25; // 15 buckets, not cumulative
+const HIST_SUM_NS: usize = HIST + 15;
+pub const BYTES_IN: usize = HIST_SUM_NS + 1;
+pub const BYTES_OUT: usize = BYTES_IN + 1;
+pub const CONNS_ACCEPTED: usize = BYTES_OUT + 1;
+pub const CONNS_CLOSED: usize = CONNS_ACCEPTED + 1;
+pub const ACCEPT_ERRORS: usize = CONNS_CLOSED + 1;
+pub const ACCEPT_BACKOFFS: usize = ACCEPT_ERRORS + 1;
+pub const TIMEOUT: usize = ACCEPT_BACKOFFS + 1; // TIMEOUTS
+pub const JOURNAL_BYTES: usize = TIMEOUT + 5;
+pub const JOURNAL_FSYNCS: usize = JOURNAL_BYTES + 1;
+pub const JOURNAL_FSYNC_NS: usize = JOURNAL_FSYNCS + 1;
+const CELLS: usize = JOURNAL_FSYNC_NS + 1;
+
+/// One worker's counters. Only that worker writes them.
+#[repr(align(64))]
+pub struct WorkerMetrics {
+    cells: [AtomicU64; CELLS],
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        WorkerMetrics {
+            cells: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl WorkerMetrics {
+    /// Add `v` to cell `i`. Single writer: a relaxed load and store, never a locked RMW.
+    #[inline]
+    pub fn add(&self, i: usize, v: u64) {
+        let c = &self.cells[i];
+        c.store(c.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
+    }
+
+    /// Set cell `i` (for totals the worker keeps elsewhere, like the journal's).
+    pub fn set(&self, i: usize, v: u64) {
+        self.cells[i].store(v, Ordering::Relaxed);
+    }
+
+    /// One answered request of `route` with `status`.
+    #[inline]
+    pub fn request(&self, route: usize, status: u16) {
+        let class = (status as usize / 100).clamp(1, 5) - 1;
+        self.add(REQUESTS + route * 5 + class, 1);
+    }
+
+    /// `n` requests that each took `ns` nanoseconds of server time.
+    #[inline]
+    pub fn latency(&self, ns: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let b = BUCKETS_NS
+            .iter()
+            .position(|&le| ns <= le)
+            .unwrap_or(BUCKETS_NS.len());
+        self.add(HIST + b, n);
+        self.add(HIST_SUM_NS, ns * n);
+    }
+
+    fn get(&self, i: usize) -> u64 {
+        self.cells[i].load(Ordering::Relaxed)
+    }
+}
+
+/// Every worker's counters.
+pub struct Metrics {
+    workers: Box<[WorkerMetrics]>,
+}
+
+/// Sums over all workers, as a scrape or the status line sees them.
+pub struct Totals {
+    cells: [u64; CELLS],
+}
+
+impl Totals {
+    pub fn requests(&self) -> u64 {
+        self.cells[REQUESTS..REQUESTS + 25].iter().sum()
+    }
+
+    /// Answers with status 4xx or 5xx.
+    pub fn errors(&self) -> u64 {
+        (0..5)
+            .map(|r| self.cells[REQUESTS + r * 5 + 3] + self.cells[REQUESTS + r * 5 + 4])
+            .sum()
+    }
+
+    pub fn open_connections(&self) -> u64 {
+        self.cells[CONNS_ACCEPTED].saturating_sub(self.cells[CONNS_CLOSED])
+    }
+
+    /// The latency histogram's bucket counts (not cumulative).
+    pub fn buckets(&self) -> [u64; 15] {
+        std::array::from_fn(|i| self.cells[HIST + i])
+    }
+
+    /// The upper bound (seconds) of the bucket holding quantile `q` of `buckets`.
+    pub fn quantile(buckets: &[u64; 15], q: f64) -> Option<f64> {
+        let total: u64 = buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).ceil() as u64;
+        let mut seen = 0;
+        for (i, &b) in buckets.iter().enumerate() {
+            seen += b;
+            if seen >= rank {
+                return Some(
+                    BUCKETS_NS
+                        .get(i)
+                        .map_or(f64::INFINITY, |&ns| ns as f64 / 1e9),
+                );
+            }
+        }
+        None
+    }
+}
+
+impl Metrics {
+    pub fn new(workers: usize) -> Self {
+        Metrics {
+            workers: (0..workers).map(|_| WorkerMetrics::default()).collect(),
+        }
+    }
+
+    pub fn worker(&self, i: usize) -> &WorkerMetrics {
+        &self.workers[i]
+    }
+
+    pub fn totals(&self) -> Totals {
+        Totals {
+            cells: std::array::from_fn(|i| self.workers.iter().map(|w| w.get(i)).sum()),
+        }
+    }
+
+    /// The Prometheus text exposition of everything, appended to `out`.
+    pub fn render(&self, store: &Store, out: &mut Vec<u8>) {
+        let t = self.totals();
+        let mut w = Writer { out };
+        w.family(
+            "usaged_requests_total",
+            "counter",
+            "Requests answered, by route and status class.",
+        );
+        for (r, route) in ROUTES.iter().enumerate() {
+            for (c, class) in CLASSES.iter().enumerate() {
+                w.sample(
+                    "usaged_requests_total",
+                    &[("route", route), ("code", class)],
+                    t.cells[REQUESTS + r * 5 + c],
+                );
+            }
+        }
+        w.family(
+            "usaged_request_duration_seconds",
+            "histogram",
+            "Server time per request, from the read that brought its first byte to its answer being queued.",
+        );
+        let mut cumulative = 0;
+        for (i, le) in BUCKET_LABELS.iter().enumerate() {
+            cumulative += t.cells[HIST + i];
+            w.sample(
+                "usaged_request_duration_seconds_bucket",
+                &[("le", le)],
+                cumulative,
+            );
+        }
+        w.seconds("usaged_request_duration_seconds_sum", t.cells[HIST_SUM_NS]);
+        w.sample("usaged_request_duration_seconds_count", &[], cumulative);
+        let counters: [(&str, &str, usize); 8] = [
+            (
+                "usaged_received_bytes_total",
+                "Bytes read from clients.",
+                BYTES_IN,
+            ),
+            (
+                "usaged_sent_bytes_total",
+                "Bytes written to clients.",
+                BYTES_OUT,
+            ),
+            (
+                "usaged_connections_accepted_total",
+                "Connections accepted.",
+                CONNS_ACCEPTED,
+            ),
+            (
+                "usaged_connections_closed_total",
+                "Connections closed.",
+                CONNS_CLOSED,
+            ),
+            (
+                "usaged_accept_errors_total",
+                "accept() failures other than EAGAIN.",
+                ACCEPT_ERRORS,
+            ),
+            (
+                "usaged_accept_backoffs_total",
+                "Pauses in accepting after running out of descriptors or memory.",
+                ACCEPT_BACKOFFS,
+            ),
+            (
+                "usaged_journal_written_bytes_total",
+                "Bytes appended to the journal.",
+                JOURNAL_BYTES,
+            ),
+            (
+                "usaged_journal_fsyncs_total",
+                "fdatasync calls on journal segments.",
+                JOURNAL_FSYNCS,
+            ),
+        ];
+        for (name, help, i) in counters {
+            w.family(name, "counter", help);
+            w.sample(name, &[], t.cells[i]);
+        }
+        w.family(
+            "usaged_journal_fsync_seconds_total",
+            "counter",
+            "Time spent in fdatasync on journal segments.",
+        );
+        w.seconds(
+            "usaged_journal_fsync_seconds_total",
+            t.cells[JOURNAL_FSYNC_NS],
+        );
+        w.family(
+            "usaged_timeouts_total",
+            "counter",
+            "Connections timed out, by kind.",
+        );
+        for (k, kind) in TIMEOUTS.iter().enumerate() {
+            w.sample(
+                "usaged_timeouts_total",
+                &[("kind", kind)],
+                t.cells[TIMEOUT + k],
+            );
+        }
+        w.family("usaged_open_connections", "gauge", "Connections open now.");
+        w.sample("usaged_open_connections", &[], t.open_connections());
+        w.family(
+            "usaged_usages_stored_total",
+            "counter",
+            "Usages stored (recovered ones included).",
+        );
+        w.sample("usaged_usages_stored_total", &[], store.len());
+        w.family(
+            "usaged_arena_bytes",
+            "gauge",
+            "Bytes of usage records in the arenas (24 per usage).",
+        );
+        w.sample("usaged_arena_bytes", &[], store.len() * 24);
+    }
+}
+
+struct Writer<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl Writer<'_> {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        for part in [
+            &b"# HELP "[..],
+            name.as_bytes(),
+            b" ",
+            help.as_bytes(),
+            b"\n# TYPE ",
+            name.as_bytes(),
+            b" ",
+            kind.as_bytes(),
+            b"\n",
+        ] {
+            self.out.extend_from_slice(part);
+        }
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: u64) {
+        self.out.extend_from_slice(name.as_bytes());
+        for (i, (k, val)) in labels.iter().enumerate() {
+            self.out.extend_from_slice(if i == 0 { b"{" } else { b"," });
+            self.out.extend_from_slice(k.as_bytes());
+            self.out.extend_from_slice(b"=\"");
+            self.out.extend_from_slice(val.as_bytes());
+            self.out.push(b'"');
+        }
+        if !labels.is_empty() {
+            self.out.push(b'}');
+        }
+        self.out.push(b' ');
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+        self.out.push(b'\n');
+    }
+
+    /// A nanosecond total written as seconds with nine decimals.
+    fn seconds(&mut self, name: &str, ns: u64) {
+        let mut num = itoa::Buffer::new();
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(b' ');
+        self.out
+            .extend_from_slice(num.format(ns / 1_000_000_000).as_bytes());
+        self.out.push(b'.');
+        let frac = num.format(ns % 1_000_000_000).as_bytes();
+        self.out.extend(std::iter::repeat_n(b'0', 9 - frac.len()));
+        self.out.extend_from_slice(frac);
+        self.out.push(b'\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_workers_and_renders_the_text_format() {
+        let m = Metrics::new(2);
+        m.worker(0).request(ROUTE_CREATE, 201);
+        m.worker(1).request(ROUTE_CREATE, 201);
+        m.worker(1).request(ROUTE_OTHER, 404);
+        m.worker(0).latency(30_000, 2);
+        m.worker(1).latency(2_000_000_000, 1);
+        let store = Store::new(1);
+        let mut out = Vec::new();
+        m.render(&store, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("usaged_requests_total{route=\"create_usage\",code=\"2xx\"} 2\n"));
+        assert!(text.contains("usaged_requests_total{route=\"other\",code=\"4xx\"} 1\n"));
+        assert!(text.contains("usaged_request_duration_seconds_bucket{le=\"5e-05\"} 2\n"));
+        assert!(text.contains("usaged_request_duration_seconds_bucket{le=\"0.1\"} 2\n"));
+        assert!(text.contains("usaged_request_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("usaged_request_duration_seconds_sum 2.000060000\n"));
+        assert!(text.contains("usaged_request_duration_seconds_count 3\n"));
+        assert_eq!(m.totals().errors(), 1);
+        let b = m.totals().buckets();
+        assert_eq!(Totals::quantile(&b, 0.5), Some(50e-6));
+        assert_eq!(Totals::quantile(&b, 0.99), Some(f64::INFINITY));
+    }
+}
