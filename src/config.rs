@@ -10,6 +10,7 @@ usage: usaged [--bind ADDR] [--port N] [--threads N] [--no-pin] [--max-body BYTE
               [--max-conns N] [--header-timeout S] [--body-timeout S] [--idle-timeout S]
               [--write-timeout S] [--shutdown-timeout S]
               [--data-dir DIR] [--in-memory] [--sync always|interval|never] [--repair] [--stats S]
+              [--access-log PATH]
        usaged export [--data-dir DIR] [--format ndjson|csv]--bind ADDR          address to listen on                      [default: 0.0.0.0]
   --port N             TCP port, 0 picks a free one              [default: $PORT, else 3000]
   --threads N          worker threads, one event loop each       [default: CPUs in the affinity mask]
@@ -33,6 +34,10 @@ usage: usaged [--bind ADDR] [--port N] [--threads N] [--no-pin] [--max-body BYTE
                        usages lost on power failure; never: left to the kernel [default: interval]
   --stats S            print a status line to stderr every S seconds (requests/s, p50/p99,
                        connections, errors, usages stored) [default: off]
+  --access-log PATH    one JSON line per request (time, client, method, path, status, bytes,
+                       microseconds, id if created) to PATH, or - for stdout; written in
+                       batches by a helper thread, lines dropped (and counted) if it falls behind
+                       [default: off]
   --repair             start even if a journal record in the middle is bad: keep what comes
                        before it, move the rest aside
   export               print every stored usage in id order to stdout, as ndjson (default)
@@ -61,6 +66,8 @@ pub struct Config {
     pub repair: bool,
     /// Seconds between status lines on stderr (`None`: none).
     pub stats: Option<Duration>,
+    /// `--access-log PATH` (`-`: stdout).
+    pub access_log: Option<PathBuf>,
 }
 impl Default for Config {
     fn default() -> Self {
@@ -82,6 +89,7 @@ impl Default for Config {
             sync: SyncMode::Interval,
             repair: false,
             stats: None,
+            access_log: None,
         }
     }
 }
@@ -155,6 +163,7 @@ pub fn parse(
             "--in-memory" => c.in_memory = true,
             "--repair" => c.repair = true,
             "--stats" => c.stats = Some(seconds(&flag, &value("seconds")?)?),
+            "--access-log" => c.access_log = Some(PathBuf::from(value("a file, or - for stdout")?)),
             "--sync" => {
                 c.sync = match value("always, interval or never")?.as_str() {
                     "always" => SyncMode::Always,

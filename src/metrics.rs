@@ -52,7 +52,8 @@ pub const TIMEOUT: usize = ACCEPT_BACKOFFS + 1; // TIMEOUTS
 pub const JOURNAL_BYTES: usize = TIMEOUT + 5;
 pub const JOURNAL_FSYNCS: usize = JOURNAL_BYTES + 1;
 pub const JOURNAL_FSYNC_NS: usize = JOURNAL_FSYNCS + 1;
-const CELLS: usize = JOURNAL_FSYNC_NS + 1;
+pub const ACCESS_LOG_DROPPED: usize = JOURNAL_FSYNC_NS + 1;
+const CELLS: usize = ACCESS_LOG_DROPPED + 1;
 
 /// One worker's counters. Only that worker writes them.
 #[repr(align(64))]
@@ -211,7 +212,12 @@ impl Metrics {
         }
         w.seconds("usaged_request_duration_seconds_sum", t.cells[HIST_SUM_NS]);
         w.sample("usaged_request_duration_seconds_count", &[], cumulative);
-        let counters: [(&str, &str, usize); 8] = [
+        let counters: [(&str, &str, usize); 9] = [
+            (
+                "usaged_access_log_dropped_lines_total",
+                "Access-log lines dropped because the writer fell behind.",
+                ACCESS_LOG_DROPPED,
+            ),
             (
                 "usaged_received_bytes_total",
                 "Bytes read from clients.",

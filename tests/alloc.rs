@@ -131,6 +131,8 @@ fn steady_state_requests_allocate_nothing() {
                 draining: false,
                 now_ms: 0,
                 metrics: &WORKER_METRICS,
+                access: None,
+                log_time: b"",
             };
             assert_eq!(conn.run_once(sock, &mut ctx, true), Next::Keep);
         }

@@ -161,3 +161,55 @@ fn a_scrape_during_load_blocks_no_worker() {
         }
     });
 }
+
+#[test]
+fn the_access_log_has_a_line_per_request() {
+    let dir = util::temp_data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.log");
+    let s = Server::start(&["--access-log", log.to_str().unwrap()]);
+    let mut c = s.connect();
+    let r = c.request(post(README_BODY));
+    let id = r.json()["id"].as_u64().unwrap();
+    assert_eq!(c.request(get(id)).status, 200);
+    assert_eq!(
+        c.request("GET /nope?x=1 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .status,
+        404
+    );
+    s.wait_until(Duration::from_secs(5), "three lines are written", |_| {
+        std::fs::read_to_string(&log)
+            .map(|t| t.lines().count() >= 3)
+            .unwrap_or(false)
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(
+        (
+            lines[0]["method"].as_str(),
+            lines[0]["path"].as_str(),
+            lines[0]["status"].as_u64()
+        ),
+        (Some("POST"), Some("/api/usages"), Some(201))
+    );
+    assert_eq!(lines[0]["id"].as_u64(), Some(id));
+    assert!(lines[1]["id"].is_null(), "id only when created");
+    assert_eq!(
+        (lines[2]["path"].as_str(), lines[2]["status"].as_u64()),
+        (Some("/nope"), Some(404))
+    );
+    assert!(
+        lines[0]["client"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert!(lines[0]["bytes"].as_u64().unwrap() > 100);
+    assert!(chrono::DateTime::parse_from_rfc3339(lines[0]["time"].as_str().unwrap()).is_ok());
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -22,6 +22,8 @@ pub struct App {
     pub writer: StripeWriter,
     /// Every worker's counters, for `GET /metrics`.
     pub metrics: Arc<Metrics>,
+    /// The id of the last usage created (for the access log).
+    pub last_created: u64,
 }
 
 /// What the handler needs besides the request: where to write and how to end the answer.
@@ -38,6 +40,7 @@ impl App {
             store,
             writer,
             metrics,
+            last_created: 0,
         }
     }
 
@@ -50,7 +53,10 @@ impl App {
         a: &mut Answer<'_>,
     ) -> (bool, u16) {
         let result = route.and_then(|route| match route {
-            Route::CreateUsage => usages::create(&mut self.writer, body, head, a).map(|c| (c, 201)),
+            Route::CreateUsage => {
+                usages::create(&mut self.writer, body, head, a, &mut self.last_created)
+                    .map(|c| (c, 201))
+            }
             Route::GetUsage(id) => usages::get(&self.store, id, head, a).map(|c| (c, 200)),
             Route::Health => health::get(head, a).map(|c| (c, 200)),
             Route::Metrics => Ok((health::metrics(&self.metrics, &self.store, head, a), 200)),

@@ -16,11 +16,13 @@ pub fn create(
     body: &mut [u8],
     head: &Head,
     a: &mut Answer<'_>,
+    created: &mut u64,
 ) -> Result<bool, Reject> {
     let usage = scan::scan_usage(body).map_err(|e| Reject::BadBody(json_reason(e)))?;
     let id = w
         .append(&usage)
         .map_err(|StoreFull| Reject::Unavailable("cannot store usages now"))?;
+    *created = id;
     let mut num = itoa::Buffer::new();
     let digits = num.format(id).as_bytes();
     let p = persist(head, a.force_close);

@@ -9,6 +9,7 @@
 use std::io::{self, Read, Write};
 use std::time::Instant;
 
+use crate::access_log::{Line, WorkerLog};
 use crate::metrics::{self, WorkerMetrics};
 
 use crate::app::{self, Answer, App, Route, router};
@@ -83,6 +84,9 @@ pub struct Ctx<'a> {
     pub now_ms: u64,
     /// This worker's counters.
     pub metrics: &'a WorkerMetrics,
+    /// This worker's access log, when `--access-log` is on, and the time its lines carry.
+    pub access: Option<&'a mut WorkerLog>,
+    pub log_time: &'a [u8],
 }
 
 /// What the worker does with the connection after [`Conn::on_ready`].
@@ -134,6 +138,8 @@ pub struct Conn {
     /// started at `last_read`).
     batch_first: Option<Instant>,
     batch_rest: u64,
+    /// The client's address (for the access log).
+    peer: Option<std::net::SocketAddr>,
     /// The client closed its sending side.
     eof: bool,
     /// The last read left the socket drained.
@@ -170,6 +176,7 @@ impl Conn {
             last_read: None,
             batch_first: None,
             batch_rest: 0,
+            peer: None,
             eof: false,
             drained: true,
             hup: false,
@@ -183,9 +190,10 @@ impl Conn {
         }
     }
 
-    /// A new connection accepted at `now_ms`.
-    pub fn accepted(buf: Box<[u8]>, now_ms: u64, t: &Timeouts) -> Self {
+    /// A new connection from `peer`, accepted at `now_ms`.
+    pub fn accepted(buf: Box<[u8]>, peer: std::net::SocketAddr, now_ms: u64, t: &Timeouts) -> Self {
         let mut c = Conn::new(buf);
+        c.peer = Some(peer);
         c.active_ms = now_ms;
         c.set_deadline(now_ms, t);
         c
@@ -527,8 +535,12 @@ impl Conn {
                 date: ctx.date,
                 force_close: ctx.draining,
             };
+            let out_before = a.out.len();
             let (close, status) = ctx.app.respond(p.route, &p.head, body, &mut a);
             ctx.metrics.request(Route::label(&p.route), status);
+            if ctx.access.is_some() {
+                self.log(ctx, &p.head, status, out_before);
+            }
             if close {
                 self.closing = true;
             }
@@ -546,6 +558,38 @@ impl Conn {
             };
             self.head_since_ms = None;
             self.active_ms = ctx.now_ms;
+        }
+    }
+
+    /// The access-log line of the request at `start` (only with `--access-log`).
+    #[cold]
+    fn log(&self, ctx: &mut Ctx<'_>, head: &Head, status: u16, out_before: usize) {
+        let req = &self.buf[self.start..];
+        let method = &req[..req.iter().position(|&b| b == b' ').unwrap_or(0)];
+        let mut client = [0u8; 48];
+        let client_len = {
+            let mut w = &mut client[..];
+            let _ = match self.peer {
+                Some(a) => write!(w, "{a}"),
+                None => write!(w, "-"),
+            };
+            48 - w.len()
+        };
+        let micros = self
+            .req_started
+            .map_or(0, |t| t.elapsed().as_micros() as u64);
+        let line = Line {
+            time: ctx.log_time,
+            client: &client[..client_len],
+            method,
+            path: &req[head.path.0..head.path.1],
+            status,
+            bytes: ctx.out.len() - out_before,
+            micros,
+            id: (status == 201).then_some(ctx.app.last_created),
+        };
+        if let Some(log) = ctx.access.as_deref_mut() {
+            log.log(&line);
         }
     }
 

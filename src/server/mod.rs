@@ -47,6 +47,20 @@ pub fn start(
     store: Arc<Store>,
     writers: Vec<StripeWriter>,
 ) -> io::Result<Running> {
+    let mut access: Vec<Option<crate::access_log::WorkerLog>> = match &config.access_log {
+        None => (0..writers.len()).map(|_| None).collect(),
+        Some(p) => {
+            let target = if p.as_os_str() == "-" {
+                crate::access_log::Target::Stdout
+            } else {
+                crate::access_log::Target::File(p.clone())
+            };
+            crate::access_log::start(target, writers.len())?
+                .into_iter()
+                .map(Some)
+                .collect()
+        }
+    };
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let threads = writers.len();
     let listeners = listener::bind_all(SocketAddr::new(config.bind, config.port), threads)?;
@@ -86,6 +100,7 @@ pub fn start(
             listener,
             core,
             app: App::new(Arc::clone(&store), writer, Arc::clone(&metrics)),
+            access: access[index].take(),
             metrics: Arc::clone(&metrics),
             limits,
             max_conns,

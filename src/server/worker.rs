@@ -15,9 +15,11 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::conn::{Conn, Ctx, DEFAULT_BUF, Limits, Next};
 use super::timer::{Entry, Wheel};
+use crate::access_log::WorkerLog;
 use crate::app::App;
 use crate::http::date::DateCache;
 use crate::metrics::{self, Metrics};
+use crate::time::rfc3339;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -32,6 +34,7 @@ const DRAIN_TICK: Duration = Duration::from_millis(50);
 /// Everything a worker thread starts with.
 pub struct Setup {
     pub index: usize,
+    pub access: Option<WorkerLog>,
     pub metrics: Arc<Metrics>,
     pub listener: StdListener,
     pub core: Option<core_affinity::CoreId>,
@@ -59,6 +62,7 @@ fn token(index: usize, generation: u32) -> Token {
 pub fn run(setup: Setup) {
     let Setup {
         index,
+        access,
         metrics,
         listener,
         core,
@@ -90,6 +94,8 @@ pub fn run(setup: Setup) {
     let _ = ready.send(Ok(waker));
     let mut w = Worker {
         index,
+        access,
+        log_time: ([0; rfc3339::MAX_LEN], 0),
         metrics,
         listener: Some(listener),
         slots: Vec::new(),
@@ -113,10 +119,16 @@ pub fn run(setup: Setup) {
     };
     let mut events = Events::with_capacity(1024);
     loop {
-        let sync_due = app
+        let mut sync_due = app
             .writer
             .journal_mut()
             .and_then(|j| j.sync_due_in(Instant::now()));
+        if w.access.as_ref().is_some_and(|l| l.pending()) {
+            // Access-log lines are handed over at least every 100 ms.
+            sync_due = Some(sync_due.map_or(Duration::from_millis(100), |d| {
+                d.min(Duration::from_millis(100))
+            }));
+        }
         if let Err(e) = poll.poll(&mut events, w.poll_timeout(sync_due)) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -124,7 +136,15 @@ pub fn run(setup: Setup) {
             panic!("worker {index}: epoll_wait failed: {e}");
         }
         w.now_ms = w.epoch.elapsed().as_millis() as u64;
-        w.date.update(SystemTime::now());
+        let wall = SystemTime::now();
+        w.date.update(wall);
+        if w.access.is_some() {
+            let ms = wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let ts = crate::time::Timestamp { ms, offset_min: 0 };
+            w.log_time.1 = rfc3339::write(ts, &mut w.log_time.0);
+        }
         for ev in events.iter() {
             match ev.token() {
                 LISTENER => w.accept(&poll),
@@ -137,12 +157,21 @@ pub fn run(setup: Setup) {
         }
         w.expire(&mut app);
         w.flush_turn(&mut app);
+        if let Some(log) = w.access.as_mut() {
+            log.turn(w.now_ms);
+            w.metrics
+                .worker(w.index)
+                .set(metrics::ACCESS_LOG_DROPPED, log.dropped);
+        }
         w.retry_accept(&poll);
         if shutdown.load(Ordering::Acquire) && w.draining.is_none() {
             w.start_drain(&poll, Instant::now() + shutdown_timeout);
         }
         if let Some(deadline) = w.draining {
             if w.open == 0 || Instant::now() >= deadline {
+                if let Some(log) = w.access.as_mut() {
+                    log.turn(u64::MAX);
+                }
                 if let Some(j) = app.writer.journal_mut() {
                     if let Err(e) = j.flush(Instant::now()).and_then(|_| j.sync_now()) {
                         eprintln!("worker {index}: final journal sync failed: {e}");
@@ -156,6 +185,9 @@ pub fn run(setup: Setup) {
 
 struct Worker {
     index: usize,
+    /// `--access-log`: this worker's buffer, and the time (RFC 3339, UTC) of this loop turn.
+    access: Option<WorkerLog>,
+    log_time: ([u8; rfc3339::MAX_LEN], usize),
     metrics: Arc<Metrics>,
     listener: Option<TcpListener>,
     slots: Vec<Slot>,
@@ -217,7 +249,7 @@ impl Worker {
                 return;
             }
             match listener.accept() {
-                Ok((mut stream, _)) => {
+                Ok((mut stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let index = self.free.pop().unwrap_or_else(|| {
                         self.slots.push(Slot {
@@ -242,7 +274,7 @@ impl Worker {
                         .unwrap_or_else(|| vec![0; DEFAULT_BUF].into_boxed_slice());
                     slot.conn = Some((
                         stream,
-                        Conn::accepted(buf, self.now_ms, &self.limits.timeouts),
+                        Conn::accepted(buf, peer, self.now_ms, &self.limits.timeouts),
                     ));
                     self.open += 1;
                     self.metrics
@@ -297,6 +329,8 @@ impl Worker {
             draining: self.draining.is_some(),
             now_ms: self.now_ms,
             metrics: self.metrics.worker(self.index),
+            access: self.access.as_mut(),
+            log_time: &self.log_time.0[..self.log_time.1],
         };
         (ctx, &mut self.slots)
     }

@@ -107,6 +107,8 @@ impl Harness {
             draining: false,
             now_ms: 0,
             metrics: &WORKER_METRICS,
+            access: None,
+            log_time: b"",
         };
         self.conn.run_once(sock, &mut ctx, readable)
     }
