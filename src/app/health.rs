@@ -32,22 +32,8 @@ pub fn metrics(
     head: &Head,
     a: &mut Answer<'_>,
 ) -> bool {
-    let at = a.out.len();
-    m.render(store, a.out);
-    let body_len = a.out.len() - at;
-    let p = persist(head, a.force_close);
-    response::head(
-        a.out,
-        b"HTTP/1.1 200 OK\r\n",
-        a.date.text(),
-        b"text/plain; version=0.0.4; charset=utf-8",
-        body_len,
-        Extra::None,
-        p,
-    );
-    a.out[at..].rotate_left(body_len);
-    if head.method == Method::Head {
-        a.out.truncate(a.out.len() - body_len);
-    }
-    p == response::Persist::Close
+    let content_type = b"text/plain; version=0.0.4; charset=utf-8";
+    super::answer_with(a, head, b"HTTP/1.1 200 OK\r\n", content_type, |out| {
+        m.render(store, out)
+    })
 }

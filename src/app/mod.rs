@@ -68,6 +68,36 @@ impl App {
     }
 }
 
+/// A `200`-style answer whose body `write` appends: the body goes first (its length is the
+/// head's), then the head, then the two swap places in the buffer. A `HEAD` keeps only the head.
+/// Returns whether the connection closes after it.
+pub fn answer_with(
+    a: &mut Answer<'_>,
+    head: &Head,
+    status: &[u8],
+    content_type: &[u8],
+    write: impl FnOnce(&mut Vec<u8>),
+) -> bool {
+    let at = a.out.len();
+    write(a.out);
+    let body_len = a.out.len() - at;
+    let p = persist(head, a.force_close);
+    response::head(
+        a.out,
+        status,
+        a.date.text(),
+        content_type,
+        body_len,
+        Extra::None,
+        p,
+    );
+    a.out[at..].rotate_left(body_len);
+    if head.method == Method::Head {
+        a.out.truncate(a.out.len() - body_len);
+    }
+    p == Persist::Close
+}
+
 /// The `Connection` header for an answer that closes when `close`.
 pub fn persist(head: &Head, close: bool) -> Persist {
     if close || !head.keep_alive {

@@ -1,7 +1,7 @@
 //! `POST /api/usages` (validate, store, `201 {"id":N}`) and `GET /api/usages/{id}`.
 
 use super::{Answer, persist};
-use crate::http::request::{Head, Method};
+use crate::http::request::Head;
 use crate::http::response::{self, Extra, Persist};
 use crate::http::status::Reject;
 use crate::json::emit;
@@ -51,25 +51,13 @@ pub fn get(
 ) -> Result<bool, Reject> {
     let id = id.ok_or(Reject::NotFound)?;
     let u = store.get(id).ok_or(Reject::NotFound)?;
-    // The body first (its length is the header's), then the head, then swap them in place.
-    let at = a.out.len();
-    write_json(a.out, id, &u);
-    let body_len = a.out.len() - at;
-    let p = persist(head, a.force_close);
-    response::head(
-        a.out,
+    Ok(super::answer_with(
+        a,
+        head,
         b"HTTP/1.1 200 OK\r\n",
-        a.date.text(),
         response::JSON,
-        body_len,
-        Extra::None,
-        p,
-    );
-    a.out[at..].rotate_left(body_len);
-    if head.method == Method::Head {
-        a.out.truncate(a.out.len() - body_len);
-    }
-    Ok(p == Persist::Close)
+        |out| write_json(out, id, &u),
+    ))
 }
 
 /// `{"id":N,"patientId":…,"timestamp":"…","medication":"…"}`: the API's shape of a stored usage
