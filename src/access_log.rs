@@ -4,6 +4,7 @@
 //! full enough buffer is handed to one writer thread through a bounded channel, and an empty one
 //! comes back from a pool. Nothing on the request path waits: when the writer falls behind and
 //! a worker's buffer is full, lines are dropped and counted.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::path::PathBuf;

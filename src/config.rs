@@ -1,4 +1,5 @@
 //! Flags and environment into a [`Config`]. A bad flag or value is an error naming it.
+#![forbid(unsafe_code)]
 
 use std::net::IpAddr;
 use std::path::PathBuf;

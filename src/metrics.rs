@@ -1,6 +1,7 @@
 //! Operator metrics at no cost to the hot path: each worker counts in its own cache-line-aligned
 //! cells with plain relaxed stores (a load and a store, no read-modify-write, no lock); a scrape
 //! of `GET /metrics` sums the workers and renders the Prometheus text format (0.0.4).
+#![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
