@@ -35,7 +35,7 @@ record_machine "$OUT/machine.txt"
 trap 'kill ${USAGED_PID:-} ${LOAD_PID:-} ${STRACE_PID:-} 2>/dev/null || true' EXIT
 
 # Start the profiling build (start_usaged runs target/release; point it at the profiling one).
-taskset -c "$server_cpu" "$ROOT/target/profiling/usaged" --port 0 --bind 127.0.0.1 --threads 1 2>"$WORK/usaged.err" &
+taskset -c "$server_cpu" "$ROOT/target/profiling/usaged" --port 0 --bind 127.0.0.1 --threads 1 --data-dir "$WORK/data" 2>"$WORK/usaged.err" &
 USAGED_PID=$!
 for _ in $(seq 1 500); do grep -q '^listening on' "$WORK/usaged.err" && break; sleep 0.01; done
 USAGED_PORT=$(sed -n 's/^listening on [0-9.]*:\([0-9]*\).*/\1/p' "$WORK/usaged.err")

@@ -144,6 +144,17 @@ fn open_store(config: &Config) -> Result<(Arc<Store>, Vec<StripeWriter>), String
     let dir = &config.data_dir;
     journal::ensure_dir(dir)
         .map_err(|e| format!("cannot create --data-dir {}: {e}", dir.display()))?;
+    // One server per data directory: a second one would hand out the same ids.
+    let lock = std::fs::File::create(dir.join("LOCK"))
+        .map_err(|e| format!("{}: {e}", dir.join("LOCK").display()))?;
+    if lock.try_lock().is_err() {
+        return Err(format!(
+            "another usaged is using --data-dir {}",
+            dir.display()
+        ));
+    }
+    // Held (and locked) until the process exits.
+    std::mem::forget(lock);
     let r = recover::recover(
         dir,
         Options {

@@ -321,3 +321,19 @@ fn startup_reports_recovery_and_a_corrupt_journal_stops_it() {
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn two_servers_cannot_share_a_data_dir() {
+    let dir = temp_data_dir();
+    let s = Server::start_in(&dir, &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usaged"))
+        .args(["--port", "0", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another usaged is using --data-dir"), "{err}");
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
