@@ -167,18 +167,18 @@ pub fn run(setup: Setup) {
         if shutdown.load(Ordering::Acquire) && w.draining.is_none() {
             w.start_drain(&poll, Instant::now() + shutdown_timeout);
         }
-        if let Some(deadline) = w.draining {
-            if w.open == 0 || Instant::now() >= deadline {
-                if let Some(log) = w.access.as_mut() {
-                    log.turn(u64::MAX);
-                }
-                if let Some(j) = app.writer.journal_mut() {
-                    if let Err(e) = j.flush(Instant::now()).and_then(|_| j.sync_now()) {
-                        eprintln!("worker {index}: final journal sync failed: {e}");
-                    }
-                }
-                return;
+        if let Some(deadline) = w.draining
+            && (w.open == 0 || Instant::now() >= deadline)
+        {
+            if let Some(log) = w.access.as_mut() {
+                log.turn(u64::MAX);
             }
+            if let Some(j) = app.writer.journal_mut()
+                && let Err(e) = j.flush(Instant::now()).and_then(|_| j.sync_now())
+            {
+                eprintln!("worker {index}: final journal sync failed: {e}");
+            }
+            return;
         }
     }
 }

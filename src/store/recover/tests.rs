@@ -20,7 +20,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
 fn usage(i: u64, buf: &mut String) -> Usage<'_> {
     buf.clear();
     buf.push_str(&format!("Med-{}", i % 7));
-    let patient = if i % 2 == 0 {
+    let patient = if i.is_multiple_of(2) {
         Patient::Num(i)
     } else {
         Patient::Str(b"patient-with-a-long-name")
