@@ -168,20 +168,6 @@ impl Store {
             .sum()
     }
 
-    /// The largest id stored (0 when empty).
-    pub fn max_id(&self) -> u64 {
-        let mut max = 0;
-        for e in self.epochs.iter() {
-            let n = e.stripes.len() as u32;
-            for (i, s) in e.stripes.iter().enumerate() {
-                let len = s.len.load(Ordering::Acquire);
-                if len > 0 {
-                    max = max.max(e.base + ids::id_of(i as u32, len - 1, n));
-                }
-            }
-        }
-        max
-    }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -286,14 +272,6 @@ impl StripeWriter {
         self.journal.as_mut()
     }
 
-    /// Records in this writer's stripe (its next slot).
-    pub fn len(&self) -> u64 {
-        self.next
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.next == 0
-    }
     /// Store `u` and return its id. The single place a usage enters the store: the journal
     /// hooks in here.
     pub fn append(&mut self, u: &Usage<'_>) -> Result<u64, StoreFull> {
