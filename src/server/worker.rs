@@ -190,7 +190,17 @@ struct Worker {
 impl Worker {
     /// One loop turn, as its phases. Returns false when the worker is done.
     fn turn(&mut self, poll: &mut Poll, events: &mut Events, app: &mut App) -> bool {
-        if let Err(e) = poll.poll(events, self.poll_timeout()) {
+        let mut timeout = self.poll_timeout();
+        if let Some(c) = &self.committer
+            && !c.before_sleep(self.outbox.durable())
+        {
+            timeout = Some(Duration::ZERO); // a batch was just written: release its answers
+        }
+        let polled = poll.poll(events, timeout);
+        if let Some(c) = &self.committer {
+            c.after_sleep();
+        }
+        if let Err(e) = polled {
             if e.kind() == io::ErrorKind::Interrupted {
                 return true;
             }
