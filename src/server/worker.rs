@@ -1,6 +1,6 @@
 //! One worker: a thread pinned to one CPU, its own `mio` poll and `SO_REUSEPORT` listener, its
 //! own connections, outbox, `Date` cache, timer wheel, stripe of the store and journal thread.
-//! A loop turn reads as its phases ([`Worker::turn`]): wait → clock → events (accept, drive) →
+//! A loop turn reads as its phases (`Worker::turn`): wait → clock → events (accept, drive) →
 //! timers → commit (hand the turn's records to the journal thread) → release (answers whose
 //! records are written leave; connections that stopped with full output go on) → accept retry
 //! → shutdown.
