@@ -368,7 +368,16 @@ impl Worker {
                 .writer
                 .batch_mut()
                 .map(|(b, id)| (std::mem::take(b), id));
-            c.stop(last);
+            let deadline = self
+                .draining
+                .unwrap_or_else(|| Instant::now() + self.shutdown_timeout)
+                .max(Instant::now() + Duration::from_millis(500));
+            if !c.stop(last, deadline) {
+                eprintln!(
+                    "usaged: worker {}: the journal thread is stuck in a write or sync; exiting without it (what it holds was never acknowledged)",
+                    self.index
+                );
+            }
         }
     }
 

@@ -168,6 +168,8 @@ impl Shared {
 pub struct Committer {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Says when the thread is done (so a stop can wait with a deadline).
+    finished: std::sync::mpsc::Receiver<()>,
     /// Batches handed over so far; the next batch is `submitted + 1`.
     submitted: u64,
     /// When the batch in flight was handed over ([`clock_ms`]).
@@ -195,16 +197,19 @@ impl Committer {
             sleeping: AtomicBool::new(false),
         });
         let s = Arc::clone(&shared);
+        let (finished, done) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("usaged-journal-{}", segment.worker))
             .spawn(move || {
                 // Best effort: without it batches are smaller, nothing is wrong.
                 let _ = crate::server::rlimit::batch_scheduling();
-                run(&s, segment)
+                run(&s, segment);
+                let _ = finished.send(());
             })?;
         Ok(Committer {
             shared,
             thread: Some(thread),
+            finished: done,
             submitted: 0,
             submitted_ms: 0,
         })
@@ -276,8 +281,9 @@ impl Committer {
 
     /// Finish: the thread writes what it was given and `last` (the records stored since the
     /// last hand-over, and their last id), giving up on a batch that keeps failing; then it
-    /// releases the lease, syncs, and is joined.
-    pub fn stop(mut self, last: Option<(Vec<u8>, u64)>) {
+    /// releases the lease, syncs, and is joined. A thread stuck in a system call past
+    /// `deadline` is left behind (the process exits without it): returns false then.
+    pub fn stop(mut self, last: Option<(Vec<u8>, u64)>, deadline: Instant) -> bool {
         let mut h = self.shared.lock();
         if let Some((bytes, last_id)) = last.filter(|(b, _)| !b.is_empty()) {
             match &mut h.batch {
@@ -297,8 +303,16 @@ impl Committer {
         h.stop = true;
         drop(h);
         self.shared.cv.notify_one();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let Some(t) = self.thread.take() else {
+            return true;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.finished.recv_timeout(left) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
+            _ => {
+                let _ = t.join();
+                true
+            }
         }
     }
 }
