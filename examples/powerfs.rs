@@ -89,6 +89,8 @@ struct State {
     /// Directories with unsynced entry changes → their durable entries (name → inode).
     dirs: HashMap<u64, BTreeMap<OsString, u64>>,
     handles: HashMap<u64, (u64, Arc<File>)>,
+    /// Open directories' listings, taken at `opendir`.
+    listings: HashMap<u64, Vec<(u64, FileType, OsString)>>,
     next_fh: u64,
     /// After a power loss every request fails.
     crashed: bool,
@@ -182,6 +184,27 @@ impl State {
         Ok(out)
     }
 
+    /// `.`, `..` and the entries of directory `dir`, for `readdir`.
+    fn entries(&self, dir: u64) -> io::Result<Vec<(u64, FileType, OsString)>> {
+        let mut out = vec![
+            (dir, FileType::Directory, OsString::from(".")),
+            (dir, FileType::Directory, OsString::from("..")),
+        ];
+        for e in fs::read_dir(self.abs(dir)?)? {
+            let e = e?;
+            if dir == 1 && e.file_name() == ATTIC {
+                continue;
+            }
+            let kind = e
+                .file_type()
+                .ok()
+                .and_then(FileType::from_std)
+                .unwrap_or(FileType::RegularFile);
+            out.push((self.fuse_ino(e.ino()), kind, e.file_name()));
+        }
+        Ok(out)
+    }
+
     fn attic(&self, ino: u64) -> PathBuf {
         Path::new(ATTIC).join(ino.to_string())
     }
@@ -247,6 +270,7 @@ impl State {
     fn lose_power(&mut self) -> String {
         self.crashed = true;
         self.handles.clear();
+        self.listings.clear();
         let mut failures = Vec::new();
         // Data first, while every touched inode still has a path (removed ones in the attic).
         let (mut files, mut bytes) = (0, 0u64);
@@ -701,37 +725,47 @@ impl Filesystem for PowerFs {
         reply.ok();
     }
 
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let mut s = state_or_eio!(self, reply);
+        // The listing is taken once per open: offsets stay valid while entries come and go
+        // (each entry not changed meanwhile is returned exactly once, as readdir(3) promises).
+        let entries = try_or_reply!(s.entries(ino.0), reply);
+        s.next_fh += 1;
+        let fh = s.next_fh;
+        s.listings.insert(fh, entries);
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
     fn readdir(
         &self,
         _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
+        _ino: INodeNo,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         let s = state_or_eio!(self, reply);
-        let path = try_or_reply!(s.abs(ino.0), reply);
-        let list = try_or_reply!(fs::read_dir(&path), reply);
-        let mut entries = vec![
-            (ino.0, FileType::Directory, OsString::from(".")),
-            (ino.0, FileType::Directory, OsString::from("..")),
-        ];
-        for e in list.flatten() {
-            if ino.0 == 1 && e.file_name() == ATTIC {
-                continue;
-            }
-            let kind = e
-                .file_type()
-                .ok()
-                .and_then(FileType::from_std)
-                .unwrap_or(FileType::RegularFile);
-            entries.push((s.fuse_ino(e.ino()), kind, e.file_name()));
-        }
+        let Some(entries) = s.listings.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
         for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*ino), i as u64 + 1, *kind, name) {
                 break;
             }
         }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mut s = state_or_eio!(self, reply);
+        s.listings.remove(&fh.0);
         reply.ok();
     }
 
@@ -817,6 +851,7 @@ fn main() {
         files: HashMap::new(),
         dirs: HashMap::new(),
         handles: HashMap::new(),
+        listings: HashMap::new(),
         next_fh: 0,
         crashed: false,
         syncs: 0,
@@ -838,16 +873,23 @@ fn main() {
         let report = state.lock().expect("no panic while locked").lose_power();
         eprintln!("powerfs: power lost: {report}");
         // Detach even if a process still has files open: they get EIO from now on.
-        let _ = std::process::Command::new("fusermount3")
-            .args(["-u", "-z", "--"])
-            .arg(mountpoint)
-            .status();
+        lazy_unmount(mountpoint);
         std::process::exit(0);
     }
     if let Err(e) = session.umount_and_join() {
-        die(&format!("unmount {mountpoint}: {e}"));
+        // Busy (a process still has files open): detach it; it is gone once they close.
+        eprintln!("powerfs: unmount {mountpoint}: {e}; detaching it");
+        lazy_unmount(mountpoint);
+        std::process::exit(0);
     }
     eprintln!("powerfs: unmounted {mountpoint}");
+}
+
+fn lazy_unmount(mountpoint: &str) {
+    let _ = std::process::Command::new("fusermount3")
+        .args(["-u", "-z", "--"])
+        .arg(mountpoint)
+        .status();
 }
 
 fn die(msg: &str) -> ! {
