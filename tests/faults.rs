@@ -9,6 +9,8 @@ mod util;
 #[path = "faults/harness.rs"]
 mod harness;
 
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use harness::{
@@ -23,9 +25,20 @@ const SYNCS: &str = "fdatasync,fsync";
 
 /// Paths of the first segment of a fresh data directory with `--threads 1`: its name and the
 /// temporary name it is created under.
-fn first_segment(dir: &std::path::Path) -> [String; 2] {
-    let seg = dir.join("e0-s1-w0-000000.seg").display().to_string();
-    [seg.clone(), format!("{seg}.tmp")]
+fn first_segment(dir: &Path) -> Vec<String> {
+    segment_paths(dir, 0..1)
+}
+
+/// Segments `seqs` of a fresh data directory with `--threads 1`, and their `.tmp` names.
+fn segment_paths(dir: &Path, seqs: std::ops::Range<u32>) -> Vec<String> {
+    seqs.flat_map(|seq| {
+        let seg = dir
+            .join(format!("e0-s1-w0-{seq:06}.seg"))
+            .display()
+            .to_string();
+        [seg.clone(), format!("{seg}.tmp")]
+    })
+    .collect()
 }
 
 /// strace options: SIGKILL at the `when`-th call of each of `set` on `paths`.
@@ -43,27 +56,40 @@ fn kill_at(set: &str, when: u32, paths: &[String]) -> Vec<String> {
     o
 }
 
+/// Where a kill is injected: which calls, the how-many-th, on which files, with which flags.
+struct Point {
+    set: &'static str,
+    when: u32,
+    /// `None`: the data directory itself; else these segments (and their `.tmp` names).
+    segments: Option<std::ops::Range<u32>>,
+    flags: &'static [&'static str],
+}
+
 /// One crash: a fresh directory, `usaged --threads 1` under strace with SIGKILL injected,
-/// a client posting pipelined batches until the server dies (or 8 batches are answered, then
+/// a client posting pipelined batches until the server dies (or 16 batches are answered, then
 /// `kill -9`); then a plain restart must keep the promise. Whether the injection killed it.
-fn crash_at(set: &str, when: u32, on_dir: bool, sync: &str) -> bool {
+fn crash_at(p: &Point) -> bool {
     let dir = TempDir::new();
-    let paths = if on_dir {
-        vec![dir.path().display().to_string()]
-    } else {
-        first_segment(dir.path()).to_vec()
+    let paths = match &p.segments {
+        None => vec![dir.path().display().to_string()],
+        Some(seqs) => segment_paths(dir.path(), seqs.clone()),
     };
     let mut l = Ledger::default();
-    let args = serve_args(dir.path(), 1, &["--sync", sync]);
-    let injected = match launch(Wrap::Strace(kill_at(set, when, &paths)), &args) {
-        Start::Exited { status, .. } => {
-            println!("  killed before it listened ({status})");
+    let args = serve_args(dir.path(), 1, p.flags);
+    let injected = match launch(Wrap::Strace(kill_at(p.set, p.when, &paths)), &args) {
+        Start::Exited { status, stderr } => {
+            assert_eq!(
+                status.signal(),
+                Some(9),
+                "usaged exited by itself:\n{stderr}"
+            );
+            println!("  killed before it listened");
             true
         }
         Start::Up(mut s) => {
             let mut c = s.conn();
             let mut closed = false;
-            for _ in 0..8 {
+            for _ in 0..16 {
                 let sent = l.post(&mut c, 25, SECS_10);
                 if sent.closed || !sent.pending.is_empty() {
                     closed = sent.closed;
@@ -84,70 +110,107 @@ fn crash_at(set: &str, when: u32, on_dir: bool, sync: &str) -> bool {
     injected
 }
 
-/// Issue 9, case 1 and 5: a crash at any journal system call (creating, writing, syncing,
-/// renaming a segment, syncing the directory) loses no acknowledged usage and never leaves a
-/// directory that refuses to start (the old code left a headerless segment: `bad magic`).
+/// Issue 9, cases 1 and 5: a crash at any journal system call (creating, writing, syncing,
+/// renaming a segment, syncing the directory; at start and when a segment rolls over) loses
+/// no acknowledged usage and never leaves a directory that refuses to start (the old code
+/// left a headerless segment behind: `bad magic` for good).
 #[test]
 fn kill_9_at_each_journal_syscall_loses_nothing_and_still_starts() {
     let _g = shared();
     if !have_strace() {
         return;
     }
-    let mut points: Vec<(&str, u32, bool, &str)> = Vec::new();
+    const CREATE: &str = "openat,open,creat";
+    const RENAME: &str = "rename,renameat,renameat2";
+    // 4096-byte segments: the 400 usages posted roll over about three times. strace counts
+    // calls per thread, and segments after the first are created by the journal thread alone.
+    const SMALL: &[&str] = &["--segment-size", "4096"];
+    let at = |set, when, segments, flags| Point {
+        set,
+        when,
+        segments,
+        flags,
+    };
+    let mut points = Vec::new();
     for n in 1..=6 {
-        points.push((WRITES, n, false, "interval"));
+        points.push(at(WRITES, n, Some(0..1), &["--sync", "interval"]));
     }
     for n in 1..=3 {
-        points.push((SYNCS, n, false, "always"));
+        points.push(at(SYNCS, n, Some(0..1), &["--sync", "always"]));
     }
-    points.push(("openat,open,creat", 1, false, "interval"));
-    points.push(("rename,renameat,renameat2", 1, false, "interval"));
-    for n in 1..=2 {
-        points.push((SYNCS, n, true, "interval"));
+    points.push(at(CREATE, 1, Some(0..1), &[]));
+    points.push(at(RENAME, 1, Some(0..1), &[]));
+    points.push(at(SYNCS, 1, None, &[]));
+    // Around the creation of the next segments, mid-run.
+    for seq in [1, 2] {
+        points.push(at(CREATE, 1, Some(seq..seq + 1), SMALL));
+        points.push(at(WRITES, 1, Some(seq..seq + 1), SMALL));
+        points.push(at(WRITES, 2, Some(seq..seq + 1), SMALL));
+        points.push(at(SYNCS, 1, Some(seq..seq + 1), SMALL));
+        points.push(at(RENAME, 1, Some(seq..seq + 1), SMALL));
     }
+    points.push(at(SYNCS, 2, None, SMALL));
+    points.push(at(WRITES, 9, Some(0..4), SMALL));
+    points.push(at(
+        SYNCS,
+        4,
+        Some(0..4),
+        &["--segment-size", "4096", "--sync", "always"],
+    ));
     let mut injected = 0;
-    for &(set, when, on_dir, sync) in &points {
-        let on = if on_dir {
-            "the data dir"
-        } else {
-            "the segment"
+    for p in &points {
+        let on = match &p.segments {
+            None => "the data dir".to_string(),
+            Some(seqs) => format!("segments {seqs:?}"),
         };
-        println!("SIGKILL at call {when} of {set} on {on}, --sync {sync}:");
-        injected += crash_at(set, when, on_dir, sync) as usize;
+        println!(
+            "SIGKILL at call {} of {} on {on}, {:?}:",
+            p.when, p.set, p.flags
+        );
+        injected += crash_at(p) as usize;
     }
     assert!(
-        injected * 2 >= points.len(),
+        injected * 4 >= points.len() * 3,
         "only {injected} of {} injected kills happened: does the journal use other calls?",
         points.len()
     );
 }
 
 /// Issue 9, case 1: one worker, one connection that writes 3000 POSTs at once, SIGKILL at the
-/// 3rd write on the segment. The old code answered re-driven connections before journaling
-/// them (1111 acknowledged, 877 recovered).
+/// 3rd write on the segment (the issue's reproduction: the old code answered re-driven
+/// connections before journaling them, 1111 acknowledged, 877 recovered), and at later writes,
+/// so that some batches are acknowledged before the kill.
 #[test]
 fn deep_pipelining_then_kill_9_loses_no_acknowledged_usage() {
     let _g = shared();
     if !have_strace() {
         return;
     }
-    let dir = TempDir::new();
-    let opts = kill_at(WRITES, 3, &first_segment(dir.path()));
-    let Start::Up(mut s) = launch(Wrap::Strace(opts), &serve_args(dir.path(), 1, &[])) else {
-        panic!("usaged under strace did not start");
-    };
-    let mut l = Ledger::default();
-    let c = s.conn();
-    let mut sent = l.post_deep(&c, 3000);
-    l.settle(&c, &mut sent, SECS_10);
-    println!(
-        "3000 pipelined: {} acknowledged, {} unanswered (connection closed: {})",
-        l.acked.len(),
-        sent.pending.len(),
-        sent.closed
+    let mut acked = 0;
+    for when in [3, 5, 9] {
+        let dir = TempDir::new();
+        let opts = kill_at(WRITES, when, &first_segment(dir.path()));
+        let Start::Up(mut s) = launch(Wrap::Strace(opts), &serve_args(dir.path(), 1, &[])) else {
+            panic!("usaged under strace did not start");
+        };
+        let mut l = Ledger::default();
+        let c = s.conn();
+        let mut sent = l.post_deep(&c, 3000);
+        l.settle(&c, &mut sent, SECS_10);
+        println!(
+            "SIGKILL at write {when}: {} of 3000 pipelined acknowledged, {} unanswered (connection closed: {})",
+            l.acked.len(),
+            sent.pending.len(),
+            sent.closed
+        );
+        acked += l.acked.len();
+        s.kill9();
+        l.verify(dir.path(), 1);
+    }
+    assert!(
+        acked > 0,
+        "no POST was acknowledged before any of the kills"
     );
-    s.kill9();
-    l.verify(dir.path(), 1);
 }
 
 /// Issue 9, case 4: `--threads 2` with no posts, then `--threads 1` with 3 posts: the old
@@ -220,7 +283,7 @@ fn twenty_usages() -> (TempDir, Ledger) {
 }
 
 /// The segment holding the records (the largest).
-fn segment_with_records(dir: &std::path::Path) -> std::path::PathBuf {
+fn segment_with_records(dir: &Path) -> PathBuf {
     segments(dir)
         .into_iter()
         .max_by_key(|p| std::fs::metadata(p).unwrap().len())
@@ -228,7 +291,7 @@ fn segment_with_records(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// `e{base}-s{stripes}-w{stripe}-{seq}.seg` → `(base, seq)`.
-fn base_and_seq(seg: &std::path::Path) -> (u64, u32) {
+fn base_and_seq(seg: &Path) -> (u64, u32) {
     let name = seg.file_name().unwrap().to_str().unwrap();
     let stem = name.strip_suffix(".seg").unwrap();
     let base = stem[1..].split('-').next().unwrap().parse().unwrap();
@@ -237,7 +300,7 @@ fn base_and_seq(seg: &std::path::Path) -> (u64, u32) {
 }
 
 /// The segment of the newest epoch with the highest number.
-fn newest_segment(dir: &std::path::Path) -> std::path::PathBuf {
+fn newest_segment(dir: &Path) -> PathBuf {
     segments(dir)
         .into_iter()
         .max_by_key(|p| base_and_seq(p))
@@ -245,7 +308,7 @@ fn newest_segment(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// The name of the segment after `seg` in its stripe (`…-000003.seg` → `…-000004.seg`).
-fn next_segment(seg: &std::path::Path) -> std::path::PathBuf {
+fn next_segment(seg: &Path) -> PathBuf {
     let name = seg.file_name().unwrap().to_str().unwrap();
     let (prefix, _) = name.strip_suffix(".seg").unwrap().rsplit_once('-').unwrap();
     seg.with_file_name(format!("{prefix}-{:06}.seg", base_and_seq(seg).1 + 1))
@@ -268,7 +331,7 @@ fn headerless_and_truncated_segments_are_dropped_and_the_rest_kept() {
     for (what, suffix, bytes) in cases {
         // Where a crash while creating the next segment leaves it.
         let seg = next_segment(&newest_segment(dir.path()));
-        let path = std::path::PathBuf::from(format!("{}{suffix}", seg.display()));
+        let path = PathBuf::from(format!("{}{suffix}", seg.display()));
         assert!(!path.exists() && !seg.exists());
         println!("{what}: {}", path.display());
         std::fs::write(&path, &bytes).unwrap();
