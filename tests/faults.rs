@@ -8,15 +8,18 @@ mod util;
 
 #[path = "faults/harness.rs"]
 mod harness;
+#[path = "faults/ledger.rs"]
+mod ledger;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use harness::{
-    Ledger, Start, TempDir, Usaged, Wrap, copy_dir, export, have_strace, launch, segments,
-    serve_args, shared, start_refused,
+    Start, TempDir, Usaged, Wrap, copy_dir, export, have_strace, launch, segments, serve_args,
+    shared, start_refused,
 };
+use ledger::Ledger;
 
 const SECS_10: Duration = Duration::from_secs(10);
 /// Every system call that can write to a file.
@@ -190,9 +193,7 @@ fn deep_pipelining_then_kill_9_loses_no_acknowledged_usage() {
     for when in [3, 5, 9] {
         let dir = TempDir::new();
         let opts = kill_at(WRITES, when, &first_segment(dir.path()));
-        let Start::Up(mut s) = launch(Wrap::Strace(opts), &serve_args(dir.path(), 1, &[])) else {
-            panic!("usaged under strace did not start");
-        };
+        let mut s = Usaged::up(Wrap::Strace(opts), &serve_args(dir.path(), 1, &[]));
         let mut l = Ledger::default();
         let c = s.conn();
         let mut sent = l.post_deep(&c, 3000);
@@ -392,12 +393,7 @@ fn a_flipped_header_bit_stops_the_start_and_repair_never_reissues() {
                 "export of a corrupt journal: {st}\n{err}"
             );
             let args = serve_args(dir.path(), 1, &["--repair"]);
-            let mut s = match launch(Wrap::Limited, &args) {
-                Start::Up(s) => s,
-                Start::Exited { status, stderr } => {
-                    panic!("--repair did not start ({status}):\n{stderr}")
-                }
-            };
+            let mut s = Usaged::up(Wrap::Limited, &args);
             let mut l = l0.clone();
             let sent = l.post(&mut s.conn(), 10, SECS_10);
             assert_eq!(sent.created.len(), 10, "{sent:?}");
