@@ -2,7 +2,7 @@
 //! injection), deep pipelining then a kill, `--threads` changes, headerless, truncated and
 //! corrupt segments, `--repair`, and two servers on one port. After each fault: every
 //! acknowledged id reads back exactly, `usaged export` lists exactly what is stored, and no
-//! id is handed out twice (see `faults/harness.rs`). Disk faults are in `faults_disk.rs`.
+//! id is handed out twice (see `faults/ledger.rs`). Disk faults are in `faults_disk.rs`.
 
 mod util;
 

@@ -3,7 +3,7 @@
 //! stuck for seconds, and segments deleted under load. While the journal cannot write, POSTs
 //! get `503` + `Retry-After` and nothing is acknowledged; reads, `/health` and `/metrics` are
 //! answered; writes resume by themselves; one stderr line per change of state. After each
-//! fault the promise of a `201` holds (see `faults/harness.rs`).
+//! fault the promise of a `201` holds (see `faults/ledger.rs`).
 
 mod util;
 
