@@ -9,10 +9,12 @@ pub use crate::store::journal::SyncMode;
 pub const USAGE: &str = "\
 usage: usaged [--bind ADDR] [--port N] [--threads N] [--no-pin] [--max-body BYTES] [--max-header BYTES]
               [--max-conns N] [--header-timeout S] [--body-timeout S] [--idle-timeout S]
-              [--write-timeout S] [--shutdown-timeout S]
-              [--data-dir DIR] [--in-memory] [--sync always|interval|never] [--repair] [--stats S]
-              [--access-log PATH]
-       usaged export [--data-dir DIR] [--format ndjson|csv]--bind ADDR          address to listen on                      [default: 0.0.0.0]
+              [--write-timeout S] [--shutdown-timeout S] [--drain-grace S]
+              [--data-dir DIR] [--in-memory] [--sync always|interval|never] [--segment-size BYTES]
+              [--repair] [--stats S] [--access-log PATH]
+       usaged export [--data-dir DIR] [--format ndjson|csv]
+
+  --bind ADDR          address to listen on                      [default: 0.0.0.0]
   --port N             TCP port, 0 picks a free one              [default: $PORT, else 3000]
   --threads N          worker threads, one event loop each       [default: CPUs in the affinity mask]
   --no-pin             do not pin worker i to the i-th allowed CPU
@@ -27,12 +29,17 @@ usage: usaged [--bind ADDR] [--port N] [--threads N] [--no-pin] [--max-body BYTE
   --idle-timeout S     seconds a keep-alive connection may wait for its next request [default: 60]
   --write-timeout S    seconds a client may take none of its answers before it is cut off
                        [default: 30]
-  --shutdown-timeout S seconds to finish open requests on SIGINT/SIGTERM [default: 10]
+  --shutdown-timeout S seconds to finish open requests on SIGINT/SIGTERM, after the grace
+                       [default: 10]
+  --drain-grace S      after SIGINT/SIGTERM, seconds during which /health says 503 and
+                       everything else is served as usual, so a load balancer moves away
+                       [default: 0]
   (seconds may have a fraction: 0.5)
   --data-dir DIR       where the journal lives (created if missing) [default: ./usaged-data]
   --in-memory          keep no journal: usages are lost on exit (for benchmarks)
   --sync MODE          always: fdatasync before each turn's 201s; interval: at most a second of
                        usages lost on power failure; never: left to the kernel [default: interval]
+  --segment-size BYTES journal segments roll over past this size [default: 67108864]
   --stats S            print a status line to stderr every S seconds (requests/s, p50/p99,
                        connections, errors, usages stored) [default: off]
   --access-log PATH    one JSON line per request (time, client, method, path, status, bytes,
@@ -42,7 +49,9 @@ usage: usaged [--bind ADDR] [--port N] [--threads N] [--no-pin] [--max-body BYTE
   --repair             start even if a journal record in the middle is bad: keep what comes
                        before it, move the rest aside
   export               print every stored usage in id order to stdout, as ndjson (default)
-                       or csv, reading the journal in --data-dir without a server-h, --help           print this help
+                       or csv, reading the journal in --data-dir without a server;
+                       exits 1 if it skipped corrupt records
+  -h, --help           print this help
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +70,10 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// After SIGTERM, how long `/health` says 503 while everything else is served normally.
+    pub drain_grace: Duration,
+    /// Journal segments roll over past this size.
+    pub segment_bytes: u64,
     pub data_dir: PathBuf,
     pub in_memory: bool,
     pub sync: SyncMode,
@@ -85,6 +98,8 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
+            drain_grace: Duration::ZERO,
+            segment_bytes: crate::store::journal::SEGMENT_BYTES,
             data_dir: PathBuf::from("usaged-data"),
             in_memory: false,
             sync: SyncMode::Interval,
@@ -160,6 +175,8 @@ pub fn parse(
             "--idle-timeout" => c.idle_timeout = seconds(&flag, &value("seconds")?)?,
             "--write-timeout" => c.write_timeout = seconds(&flag, &value("seconds")?)?,
             "--shutdown-timeout" => c.shutdown_timeout = seconds(&flag, &value("seconds")?)?,
+            "--drain-grace" => c.drain_grace = seconds(&flag, &value("seconds")?)?,
+            "--segment-size" => c.segment_bytes = number(&flag, &value("bytes")?, 4096, 1 << 40)?,
             "--data-dir" => c.data_dir = PathBuf::from(value("a directory")?),
             "--in-memory" => c.in_memory = true,
             "--repair" => c.repair = true,

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use usaged::config::{self, Command, Config, ExportFormat};
 use usaged::server::{self, signals};
-use usaged::store::journal::{self, Header, Journal};
+use usaged::store::committer;
+use usaged::store::journal::{self, Header};
 use usaged::store::recover::{self, Options};
 use usaged::store::{Store, StripeWriter};
 
@@ -41,7 +42,13 @@ fn main() -> ExitCode {
         Ok((_, after)) => after.to_string(),
         Err(e) => format!("unknown ({e})"),
     };
-    let (store, writers) = match open_store(&config) {
+    // Before the journal is touched: two servers on one port would hand out the same ids.
+    let addr = std::net::SocketAddr::new(config.bind, config.port);
+    if let Err(e) = server::listener::ensure_free(addr) {
+        eprintln!("usaged: cannot listen on {addr}: {e}");
+        return ExitCode::FAILURE;
+    }
+    let (store, writers, journals) = match open_store(&config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("usaged: {e}");
@@ -49,13 +56,10 @@ fn main() -> ExitCode {
         }
     };
     let stats_store = Arc::clone(&store);
-    let running = match server::start(&config, store, writers) {
+    let running = match server::start(&config, store, writers, journals) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!(
-                "usaged: cannot listen on {}:{}: {e}",
-                config.bind, config.port
-            );
+            eprintln!("usaged: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -132,14 +136,16 @@ fn status_lines(m: &usaged::metrics::Metrics, store: &Store, every: std::time::D
     }
 }
 
-/// The store and one writer per worker: recovered from the journal (which each writer then
-/// continues), or empty with `--in-memory`.
-fn open_store(config: &Config) -> Result<(Arc<Store>, Vec<StripeWriter>), String> {
+/// The store, one writer per worker and where each worker's journal continues: recovered
+/// from the journal, or empty and without one with `--in-memory`.
+type Opened = (Arc<Store>, Vec<StripeWriter>, Option<Vec<committer::Setup>>);
+
+fn open_store(config: &Config) -> Result<Opened, String> {
     let stripes = server::worker_count(config) as u32;
     if config.in_memory {
         let store = Arc::new(Store::new(stripes));
         let writers = (0..stripes).map(|s| store.writer(s)).collect();
-        return Ok((store, writers));
+        return Ok((store, writers, None));
     }
     let dir = &config.data_dir;
     journal::ensure_dir(dir)
@@ -174,22 +180,30 @@ fn open_store(config: &Config) -> Result<(Arc<Store>, Vec<StripeWriter>), String
         secs,
         r.records as f64 / secs.max(1e-9) / 1e6
     );
-    let (base, _) = *r.store.epochs().last().expect("an epoch");
-    let mut writers = r.writers;
-    for (s, w) in writers.iter_mut().enumerate() {
-        let header = Header {
-            stripes,
-            stripe: s as u32,
-            base,
-        };
-        let j = Journal::open(dir, header, r.last_seq[s], config.sync)
-            .map_err(|e| format!("cannot open a journal segment in {}: {e}", dir.display()))?;
-        w.set_journal(j);
-    }
-    Ok((r.store, writers))
+    let journals = r
+        .journals
+        .iter()
+        .enumerate()
+        .map(|(s, c)| committer::Setup {
+            dir: dir.clone(),
+            header: Header {
+                stripes,
+                stripe: s as u32,
+                base: r.base,
+            },
+            seq: c.seq,
+            sync: config.sync,
+            segment_bytes: config.segment_bytes,
+            lease: c.lease,
+            last_id: c.last_id,
+            worker: s,
+        })
+        .collect();
+    Ok((r.store, r.writers, Some(journals)))
 }
 
-/// `usaged export`: every stored usage in id order, read-only.
+/// `usaged export`: every stored usage in id order, read-only; exit 1 if corruption was
+/// skipped (what could be read is still printed).
 fn export(dir: &Path, format: ExportFormat) -> ExitCode {
     let r = match recover::recover(
         dir,
@@ -216,14 +230,16 @@ fn export(dir: &Path, format: ExportFormat) -> ExitCode {
     }
     let store = &r.store;
     for (e, (base, stripes)) in store.epochs().into_iter().enumerate() {
-        let longest = (0..stripes)
-            .map(|s| store.stripe_len(e, s))
-            .max()
-            .unwrap_or(0);
-        for slot in 0..longest {
+        let ranges: Vec<_> = (0..stripes).map(|s| store.stripe_slots(e, s)).collect();
+        let first = ranges.iter().map(|r| r.start).min().unwrap_or(0);
+        let end = ranges.iter().map(|r| r.end).max().unwrap_or(0);
+        for slot in first..end {
             for s in 0..stripes {
+                if !ranges[s as usize].contains(&slot) {
+                    continue;
+                }
                 let id = base + usaged::store::ids::id_of(s, slot, stripes);
-                let Some(u) = store.get(id).filter(|_| slot < store.stripe_len(e, s)) else {
+                let Some(u) = store.get(id) else {
                     continue;
                 };
                 match format {
@@ -243,6 +259,10 @@ fn export(dir: &Path, format: ExportFormat) -> ExitCode {
         }
     }
     if out.write_all(&line).and_then(|_| out.flush()).is_err() {
+        return ExitCode::FAILURE;
+    }
+    if r.corrupt {
+        eprintln!("usaged export: the journal has corrupt records (see the warnings); exit 1");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

@@ -53,7 +53,11 @@ pub const TIMEOUT: usize = ACCEPT_BACKOFFS + 1; // TIMEOUTS
 pub const JOURNAL_BYTES: usize = TIMEOUT + 5;
 pub const JOURNAL_FSYNCS: usize = JOURNAL_BYTES + 1;
 pub const JOURNAL_FSYNC_NS: usize = JOURNAL_FSYNCS + 1;
-pub const ACCESS_LOG_DROPPED: usize = JOURNAL_FSYNC_NS + 1;
+/// Failed journal writes and syncs (each retry counts).
+pub const JOURNAL_ERRORS: usize = JOURNAL_FSYNC_NS + 1;
+/// 1 while this worker's journal cannot write (failing or stalled), else 0.
+pub const JOURNAL_UNAVAILABLE: usize = JOURNAL_ERRORS + 1;
+pub const ACCESS_LOG_DROPPED: usize = JOURNAL_UNAVAILABLE + 1;
 const CELLS: usize = ACCESS_LOG_DROPPED + 1;
 
 /// One worker's counters. Only that worker writes them.
@@ -213,7 +217,7 @@ impl Metrics {
         }
         w.seconds("usaged_request_duration_seconds_sum", t.cells[HIST_SUM_NS]);
         w.sample("usaged_request_duration_seconds_count", &[], cumulative);
-        let counters: [(&str, &str, usize); 9] = [
+        let counters: [(&str, &str, usize); 10] = [
             (
                 "usaged_access_log_dropped_lines_total",
                 "Access-log lines dropped because the writer fell behind.",
@@ -259,11 +263,26 @@ impl Metrics {
                 "fdatasync calls on journal segments.",
                 JOURNAL_FSYNCS,
             ),
+            (
+                "usaged_journal_errors_total",
+                "Journal writes and syncs that failed (each retry counts).",
+                JOURNAL_ERRORS,
+            ),
         ];
         for (name, help, i) in counters {
             w.family(name, "counter", help);
             w.sample(name, &[], t.cells[i]);
         }
+        w.family(
+            "usaged_journal_unavailable",
+            "gauge",
+            "Workers whose journal cannot write now (failing or stalled): their POSTs get 503.",
+        );
+        w.sample(
+            "usaged_journal_unavailable",
+            &[],
+            t.cells[JOURNAL_UNAVAILABLE],
+        );
         w.family(
             "usaged_journal_fsync_seconds_total",
             "counter",

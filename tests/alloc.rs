@@ -93,6 +93,7 @@ fn steady_state_requests_allocate_nothing() {
         Arc::clone(&store),
         store.writer(0),
         Arc::new(usaged::metrics::Metrics::new(1)),
+        Arc::new(Default::default()),
     );
     let mut out = Vec::with_capacity(64 * 1024);
     let date = DateCache::default();
@@ -130,6 +131,7 @@ fn steady_state_requests_allocate_nothing() {
                 limits,
                 draining: false,
                 now_ms: 0,
+                durable: 0,
                 metrics: &WORKER_METRICS,
                 access: None,
                 log_time: b"",

@@ -160,7 +160,7 @@ proptest! {
             input.push_back(rest.to_vec());
         }
         let store = Arc::new(Store::new(1));
-        let mut app = App::new(Arc::clone(&store), store.writer(0), Arc::new(usaged::metrics::Metrics::new(1)));
+        let mut app = App::new(Arc::clone(&store), store.writer(0), Arc::new(usaged::metrics::Metrics::new(1)), Arc::new(Default::default()));
         let (mut out, date) = (Vec::new(), DateCache::default());
         let timeouts = Timeouts { header_ms: 1000, body_ms: 1000, idle_ms: 1000, write_ms: 1000, linger_ms: 1000 };
         let limits = Limits { max_header: 1024, max_body: 4096, timeouts };
@@ -168,13 +168,13 @@ proptest! {
         let wm = usaged::metrics::WorkerMetrics::default();
         let mut sock = Pieces { input, output: Vec::new() };
         for turn in 0..200 {
-            let mut ctx = Ctx { app: &mut app, out: &mut out, out_start: 0, date: &date, limits, draining: false, now_ms: turn, metrics: &wm, access: None, log_time: b"" };
+            let mut ctx = Ctx { app: &mut app, out: &mut out, out_start: 0, date: &date, limits, draining: false, now_ms: turn, durable: 0, metrics: &wm, access: None, log_time: b"" };
             if conn.run_once(&mut sock, &mut ctx, true) == Next::Close || sock.input.is_empty() {
                 break;
             }
         }
         out.clear();
-        let mut ctx = Ctx { app: &mut app, out: &mut out, out_start: 0, date: &date, limits, draining: false, now_ms: 10_000, metrics: &wm, access: None, log_time: b"" };
+        let mut ctx = Ctx { app: &mut app, out: &mut out, out_start: 0, date: &date, limits, draining: false, now_ms: 10_000, durable: 0, metrics: &wm, access: None, log_time: b"" };
         if conn.on_timeout(&mut ctx) == Next::Keep {
             let _ = conn.complete(&mut sock, &out, 10_000, &timeouts, &wm);
         }

@@ -1,27 +1,49 @@
-//! `GET /health` and `GET /`: the process is up and serving; `GET /metrics`: what it is doing.
+//! `GET /health` and `GET /`: whether this node can store usages now; `GET /metrics`: what it
+//! is doing.
 
-use super::{Answer, persist};
+use super::{Answer, Node, persist};
 use crate::http::request::{Head, Method};
 use crate::http::response::{self, Extra};
-use crate::http::status::Reject;
 
-const BODY: &[u8] = br#"{"status":"ok"}"#;
+const OK: &[u8] = br#"{"status":"ok"}"#;
 
-pub fn get(head: &Head, a: &mut Answer<'_>) -> Result<bool, Reject> {
+/// `200 {"status":"ok"}`, or `503 {"status":"unavailable","reason":"…"}` while draining or
+/// while a journal cannot write. Returns `(close, status)`.
+pub fn get(node: &Node, head: &Head, a: &mut Answer<'_>) -> (bool, u16) {
+    let Some(reason) = node.trouble() else {
+        let p = persist(head, a.force_close);
+        response::head(
+            a.out,
+            b"HTTP/1.1 200 OK\r\n",
+            a.date.text(),
+            response::JSON,
+            OK.len(),
+            Extra::None,
+            p,
+        );
+        if head.method != Method::Head {
+            a.out.extend_from_slice(OK);
+        }
+        return (p == response::Persist::Close, 200);
+    };
+    const PRE: &[u8] = br#"{"status":"unavailable","reason":""#;
+    const POST: &[u8] = br#""}"#;
     let p = persist(head, a.force_close);
     response::head(
         a.out,
-        b"HTTP/1.1 200 OK\r\n",
+        b"HTTP/1.1 503 Service Unavailable\r\n",
         a.date.text(),
         response::JSON,
-        BODY.len(),
-        Extra::None,
+        PRE.len() + reason.len() + POST.len(),
+        Extra::RetryAfter(1),
         p,
     );
     if head.method != Method::Head {
-        a.out.extend_from_slice(BODY);
+        a.out.extend_from_slice(PRE);
+        a.out.extend_from_slice(reason.as_bytes());
+        a.out.extend_from_slice(POST);
     }
-    Ok(p == response::Persist::Close)
+    (p == response::Persist::Close, 503)
 }
 
 /// `GET /metrics`: every worker's counters, summed, in the Prometheus text format.

@@ -16,12 +16,41 @@ use crate::metrics::Metrics;
 use crate::store::{Store, StripeWriter};
 pub use router::Route;
 
+/// What every worker sees of the node's health: draining, and each journal's state.
+#[derive(Debug, Default)]
+pub struct Node {
+    /// Set on SIGINT/SIGTERM: `/health` answers `503` from then on.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// One per worker with a journal.
+    pub journals: Vec<Arc<crate::store::committer::Status>>,
+}
+
+impl Node {
+    /// Why this node cannot store usages now, if it cannot.
+    pub fn trouble(&self) -> Option<&'static str> {
+        use crate::store::committer::{STALL_MS, Trouble, clock_ms};
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some("draining");
+        }
+        let now = clock_ms();
+        self.journals.iter().find_map(|j| match j.trouble() {
+            Trouble::None if j.busy_for_ms(now) > STALL_MS => {
+                Some("journal stalled: a write or sync has not returned")
+            }
+            Trouble::None => None,
+            t => Some(t.reason()),
+        })
+    }
+}
+
 /// One worker's view of the application: the shared store and its own stripe writer.
 pub struct App {
     pub store: Arc<Store>,
     pub writer: StripeWriter,
     /// Every worker's counters, for `GET /metrics`.
     pub metrics: Arc<Metrics>,
+    /// The node's health, for `GET /health`.
+    pub node: Arc<Node>,
     /// The id of the last usage created (for the access log).
     pub last_created: u64,
 }
@@ -35,11 +64,17 @@ pub struct Answer<'a> {
 }
 
 impl App {
-    pub fn new(store: Arc<Store>, writer: StripeWriter, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        writer: StripeWriter,
+        metrics: Arc<Metrics>,
+        node: Arc<Node>,
+    ) -> Self {
         App {
             store,
             writer,
             metrics,
+            node,
             last_created: 0,
         }
     }
@@ -58,7 +93,7 @@ impl App {
                     .map(|c| (c, 201))
             }
             Route::GetUsage(id) => usages::get(&self.store, id, head, a).map(|c| (c, 200)),
-            Route::Health => health::get(head, a).map(|c| (c, 200)),
+            Route::Health => Ok(health::get(&self.node, head, a)),
             Route::Metrics => Ok((health::metrics(&self.metrics, &self.store, head, a), 200)),
         });
         match result {
@@ -121,6 +156,7 @@ pub fn reject(r: Reject, head: Option<&Head>, a: &mut Answer<'_>) -> bool {
     };
     let extra = match r {
         Reject::MethodNotAllowed(allow) => Extra::Allow(allow),
+        Reject::Busy(_) => Extra::RetryAfter(1),
         _ => Extra::None,
     };
     let with_body = head.is_none_or(|h| h.method != Method::Head);

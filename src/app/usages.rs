@@ -21,7 +21,7 @@ pub fn create(
     let usage = scan::scan_usage(body).map_err(|e| Reject::BadBody(json_reason(e)))?;
     let id = w
         .append(&usage)
-        .map_err(|StoreFull| Reject::Unavailable("cannot store usages now"))?;
+        .map_err(|StoreFull| Reject::Busy("cannot store usages now; retry later"))?;
     *created = id;
     let mut num = itoa::Buffer::new();
     let digits = num.format(id).as_bytes();

@@ -21,6 +21,8 @@ pub enum Extra<'a> {
     Location(u64),
     /// `Allow: …`
     Allow(&'a str),
+    /// `Retry-After: N` (seconds)
+    RetryAfter(u32),
 }
 
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -54,6 +56,11 @@ pub fn head(
         Extra::Allow(methods) => {
             out.extend_from_slice(b"Allow: ");
             out.extend_from_slice(methods.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Extra::RetryAfter(secs) => {
+            out.extend_from_slice(b"Retry-After: ");
+            out.extend_from_slice(num.format(secs).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
     }

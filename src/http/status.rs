@@ -19,8 +19,11 @@ pub enum Reject {
     HeaderTooLarge,
     NotImplemented,
     VersionNotSupported,
-    /// The server cannot take the request (draining, or a stripe is full): 503, closed.
+    /// The server is draining for shutdown: 503, closed.
     Unavailable(&'static str),
+    /// The server cannot store usages now (journal failing or stalled, stripe full): 503 with
+    /// `Retry-After`, connection kept; nothing was stored.
+    Busy(&'static str),
 }
 
 impl Reject {
@@ -76,6 +79,7 @@ impl Reject {
                 true,
             ),
             Reject::Unavailable(why) => (b"HTTP/1.1 503 Service Unavailable\r\n", why, true),
+            Reject::Busy(why) => (b"HTTP/1.1 503 Service Unavailable\r\n", why, false),
         }
     }
 }
@@ -99,6 +103,7 @@ mod tests {
             (Reject::NotImplemented, "501", true),
             (Reject::VersionNotSupported, "505", true),
             (Reject::Unavailable("draining"), "503", true),
+            (Reject::Busy("journal"), "503", false),
         ];
         for &(r, code, close) in rows {
             let (line, reason, c) = r.parts();

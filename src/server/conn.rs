@@ -82,6 +82,9 @@ pub struct Ctx<'a> {
     pub draining: bool,
     /// The worker's coarse clock (milliseconds), read once per loop turn.
     pub now_ms: u64,
+    /// The highest journal batch written: answers waiting for a later one are still held in
+    /// the worker's outbox (see [`Conn::wait`]).
+    pub durable: u64,
     /// This worker's counters.
     pub metrics: &'a WorkerMetrics,
     /// This worker's access log, when `--access-log` is on, and the time its lines carry.
@@ -160,6 +163,9 @@ pub struct Conn {
     pub filed_ms: Option<u64>,
     /// Shutting down: input at `start >= admitted` arrived after the drain began (`503`).
     admitted: Option<usize>,
+    /// The journal batch this connection's latest answers in the worker's outbox wait for
+    /// (kept by the worker: a later answer never waits for less).
+    pub wait: u64,
 }
 
 impl Conn {
@@ -187,6 +193,7 @@ impl Conn {
             timeout: Timeout::Idle,
             filed_ms: None,
             admitted: None,
+            wait: 0,
         }
     }
 
@@ -209,9 +216,19 @@ impl Conn {
         self.hup = true;
     }
 
-    /// Shutting down: what is buffered now was read before the drain and is answered; any/// request after it gets `503` and the connection closes.
+    /// Shutting down: what is buffered now was read before the drain and is answered; any
+    /// request after it gets `503` and the connection closes.
     pub fn begin_drain(&mut self) {
         self.admitted = Some(self.end);
+    }
+
+    /// Shutting down an idle connection: send a FIN (the worker shuts our side) and read and
+    /// discard until the client closes, so nothing it sent turns into a reset.
+    pub fn close_gracefully(&mut self, now_ms: u64, linger_ms: u64) -> Next {
+        self.lingering = Some(0);
+        self.deadline_ms = now_ms + linger_ms;
+        self.timeout = Timeout::Linger;
+        Next::Linger
     }
 
     /// Input moved down by `k` bytes: keep the drain mark on the same byte.
@@ -315,6 +332,10 @@ impl Conn {
                 return Next::Keep;
             }
             if self.closing || self.eof {
+                if self.wait > ctx.durable {
+                    // Its last answers still wait for the journal: closing comes after them.
+                    return Next::Keep;
+                }
                 return self.finish_close();
             }
             // Reads were paused while output was held back: data may be waiting unannounced.
@@ -388,7 +409,10 @@ impl Conn {
             // Already closing: it only reads and discards now.
             return Next::Keep;
         }
-        if !out.is_empty() {
+        if !self.unsent.is_empty() {
+            // Earlier answers are still queued: these go behind them, in order.
+            self.unsent.extend_from_slice(out);
+        } else if !out.is_empty() {
             match write_once(sock, out) {
                 Ok(n) => {
                     m.add(metrics::BYTES_OUT, n as u64);

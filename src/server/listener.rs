@@ -18,6 +18,67 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// Fail with `AddrInUse` ("already in use") when another process serves `addr`: a plain
+/// socket (no `SO_REUSEPORT`) cannot bind a port someone listens on, even one shared with
+/// `SO_REUSEPORT`, which our listeners would otherwise silently join. Port 0 is always free.
+pub fn ensure_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    match bind_probe(addr) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "address already in use by another process (two servers on one port would hand out the same ids)",
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// Bind (and release) a socket with `SO_REUSEADDR` only.
+fn bind_probe(addr: SocketAddr) -> io::Result<()> {
+    let fd = socket(addr)?;
+    set_flag(&fd, libc::SO_REUSEADDR)?;
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: `storage` is a live, initialised `sockaddr_storage` holding a sockaddr of the
+    // family of `fd`, and `len` is that sockaddr's size, at most the storage's size.
+    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&raw const storage).cast(), len) })?;
+    Ok(())
+}
+
+fn socket(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: `socket` takes no pointers; any return value is checked by `cvt`.
+    let fd = cvt(unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: `fd` was just returned by `socket`, is valid, and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_flag(fd: &OwnedFd, opt: libc::c_int) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: the option value points at a live `c_int` and the length says exactly that.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&raw const one).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
 /// `count` listeners on `addr`, all on the same port: with port 0, the first one picks a free
 /// port and the others bind the port it got.
 pub fn bind_all(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> {
@@ -33,33 +94,9 @@ pub fn bind_all(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> 
 
 /// A non-blocking, close-on-exec listener with `SO_REUSEADDR` and `SO_REUSEPORT`.
 pub fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
-    let domain = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: `socket` takes no pointers; any return value is checked by `cvt`.
-    let fd = cvt(unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
-    // SAFETY: `fd` was just returned by `socket`, is valid, and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = socket(addr)?;
     for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
-        let one: libc::c_int = 1;
-        // SAFETY: the option value points at a live `c_int` and the length says exactly that.
-        cvt(unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&raw const one).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        })?;
+        set_flag(&fd, opt)?;
     }
     let (storage, len) = sockaddr(addr);
     // SAFETY: `storage` is a live, initialised `sockaddr_storage` holding a sockaddr of the
@@ -139,6 +176,17 @@ mod tests {
         let mut b = [0];
         s.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"x");
+    }
+
+    #[test]
+    fn a_port_another_socket_listens_on_is_not_free() {
+        let ls = bind_all("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let addr = ls[0].local_addr().unwrap();
+        let e = ensure_free(addr).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert!(e.to_string().contains("already in use"));
+        drop(ls);
+        assert!(ensure_free(addr).is_ok(), "free again once closed");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod listener;
+pub mod outbox;
 pub mod rlimit;
 pub mod signals;
 pub mod timer;
@@ -11,13 +12,14 @@ pub mod worker;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
-use crate::app::App;
+use crate::app::{App, Node};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::store::committer;
 use crate::store::{Store, StripeWriter};
 
 /// Workers this configuration runs: `--threads`, else one per CPU of the affinity mask.
@@ -34,19 +36,21 @@ pub struct Running {
     /// The CPU each worker is pinned to (`None`: not pinned).
     pub cpus: Vec<Option<usize>>,
     pub max_conns: usize,
-    shutdown: Arc<AtomicBool>,
+    node: Arc<Node>,
     wakers: Vec<Arc<mio::Waker>>,
     handles: Vec<JoinHandle<()>>,
 }
 
-/// Bind every listener, start one worker per thread (pinned unless `--no-pin`), and return
-/// once all of them accept. Errors (a port in use, an address we do not have) come before any
-/// worker runs.
+/// Bind every listener, start one worker (and its journal thread, given `journals`) per
+/// thread (pinned unless `--no-pin`), and return once all of them accept. Errors (a port
+/// another process serves, an address we do not have, a journal that cannot be created) come
+/// before any worker answers; each names what failed.
 pub fn start(
     config: &Config,
     store: Arc<Store>,
     writers: Vec<StripeWriter>,
-) -> io::Result<Running> {
+    journals: Option<Vec<committer::Setup>>,
+) -> Result<Running, String> {
     let mut access: Vec<Option<crate::access_log::WorkerLog>> = match &config.access_log {
         None => (0..writers.len()).map(|_| None).collect(),
         Some(p) => {
@@ -55,7 +59,8 @@ pub fn start(
             } else {
                 crate::access_log::Target::File(p.clone())
             };
-            crate::access_log::start(target, writers.len())?
+            crate::access_log::start(target, writers.len())
+                .map_err(|e| format!("cannot open --access-log {}: {e}", p.display()))?
                 .into_iter()
                 .map(Some)
                 .collect()
@@ -63,8 +68,11 @@ pub fn start(
     };
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let threads = writers.len();
-    let listeners = listener::bind_all(SocketAddr::new(config.bind, config.port), threads)?;
-    let addr = listeners[0].local_addr()?;
+    let want = SocketAddr::new(config.bind, config.port);
+    let listen_err = |e: io::Error| format!("cannot listen on {want}: {e}");
+    listener::ensure_free(want).map_err(listen_err)?;
+    let listeners = listener::bind_all(want, threads).map_err(listen_err)?;
+    let addr = listeners[0].local_addr().map_err(listen_err)?;
     // Past the limit, connections wait in the backlog instead of failing accept with EMFILE:
     // the open-file limit, less a reserve for the process, shared by the workers.
     let max_conns = config.max_conns.unwrap_or_else(|| {
@@ -85,7 +93,21 @@ pub fn start(
     };
     let mut cpus = Vec::with_capacity(threads);
     let metrics = Arc::new(Metrics::new(threads));
-    let shutdown = Arc::new(AtomicBool::new(false));
+    let statuses: Vec<Arc<committer::Status>> = (0..threads)
+        .map(|_| Arc::new(committer::Status::default()))
+        .collect();
+    let node = Arc::new(Node {
+        draining: Default::default(),
+        journals: if journals.is_some() {
+            statuses.clone()
+        } else {
+            Vec::new()
+        },
+    });
+    let mut journals: Vec<Option<committer::Setup>> = match journals {
+        Some(j) => j.into_iter().map(Some).collect(),
+        None => (0..threads).map(|_| None).collect(),
+    };
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(threads);
     for (index, (listener, writer)) in listeners.into_iter().zip(writers).enumerate() {
@@ -99,18 +121,27 @@ pub fn start(
             index,
             listener,
             core,
-            app: App::new(Arc::clone(&store), writer, Arc::clone(&metrics)),
+            app: App::new(
+                Arc::clone(&store),
+                writer,
+                Arc::clone(&metrics),
+                Arc::clone(&node),
+            ),
+            journal: journals[index]
+                .take()
+                .map(|j| (j, Arc::clone(&statuses[index]))),
             access: access[index].take(),
             metrics: Arc::clone(&metrics),
             limits,
             max_conns,
-            shutdown: Arc::clone(&shutdown),
+            drain_grace: config.drain_grace,
             shutdown_timeout: config.shutdown_timeout,
             ready: ready_tx.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("usaged-worker-{index}"))
-            .spawn(move || worker::run(setup))?;
+            .spawn(move || worker::run(setup))
+            .map_err(|e| format!("cannot start worker {index}: {e}"))?;
         handles.push(handle);
     }
     drop(ready_tx);
@@ -118,8 +149,8 @@ pub fn start(
     for _ in 0..threads {
         match ready_rx.recv() {
             Ok(Ok(w)) => wakers.push(w),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(io::Error::other("a worker exited while starting")),
+            Ok(Err(e)) => return Err(format!("a worker could not start: {e}")),
+            Err(_) => return Err("a worker exited while starting".into()),
         }
     }
     Ok(Running {
@@ -128,16 +159,17 @@ pub fn start(
         workers: threads,
         cpus,
         max_conns,
-        shutdown,
+        node,
         wakers,
         handles,
     })
 }
 
 impl Running {
-    /// Stop accepting, let open requests finish (up to the shutdown timeout), join the workers.
+    /// `/health` turns 503; after `--drain-grace` stop accepting, let open requests finish (up
+    /// to the shutdown timeout), write the last journal records, join the workers.
     pub fn stop(self) {
-        self.shutdown.store(true, Ordering::Release);
+        self.node.draining.store(true, Ordering::Release);
         for w in &self.wakers {
             let _ = w.wake();
         }

@@ -1,12 +1,14 @@
 //! One worker: a thread pinned to one CPU, its own `mio` poll and `SO_REUSEPORT` listener, its
-//! own connections, output buffer, `Date` cache, timer wheel and stripe of the store. A loop
-//! turn reads as its phases: wait → clock → events (accept, drive) → timers → accept retry →
-//! shutdown.
+//! own connections, outbox, `Date` cache, timer wheel, stripe of the store and journal thread.
+//! A loop turn reads as its phases ([`Worker::turn`]): wait → clock → events (accept, drive) →
+//! timers → commit (hand the turn's records to the journal thread) → release (answers whose
+//! records are written leave; connections that stopped with full output go on) → accept retry
+//! → shutdown.
 
 use std::io;
 use std::net::TcpListener as StdListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,11 +16,13 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::conn::{Conn, Ctx, DEFAULT_BUF, Limits, Next};
+use super::outbox::{Held, Outbox};
 use super::timer::{Entry, Wheel};
 use crate::access_log::WorkerLog;
 use crate::app::App;
 use crate::http::date::DateCache;
 use crate::metrics::{self, Metrics};
+use crate::store::committer::{self, Committer, STALL_MS, Trouble};
 use crate::time::rfc3339;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -30,6 +34,8 @@ const BACKOFF_MIN_MS: u64 = 10;
 const BACKOFF_MAX_MS: u64 = 1000;
 /// While draining, how often the loop looks at the clock.
 const DRAIN_TICK: Duration = Duration::from_millis(50);
+/// A batch of records this large that the journal has not taken: new usages wait (`503`).
+const MAX_BATCH: usize = 64 << 20;
 
 /// Everything a worker thread starts with.
 pub struct Setup {
@@ -39,9 +45,12 @@ pub struct Setup {
     pub listener: StdListener,
     pub core: Option<core_affinity::CoreId>,
     pub app: App,
+    /// This worker's journal thread, to start once the worker's waker exists (`None`:
+    /// `--in-memory`).
+    pub journal: Option<(committer::Setup, Arc<committer::Status>)>,
     pub limits: Limits,
     pub max_conns: usize,
-    pub shutdown: Arc<AtomicBool>,
+    pub drain_grace: Duration,
     pub shutdown_timeout: Duration,
     /// Where the worker reports that it is accepting (with its waker) or why it cannot.
     pub ready: Sender<io::Result<Arc<Waker>>>,
@@ -67,9 +76,10 @@ pub fn run(setup: Setup) {
         listener,
         core,
         mut app,
+        journal,
         limits,
         max_conns,
-        shutdown,
+        drain_grace,
         shutdown_timeout,
         ready,
     } = setup;
@@ -82,9 +92,20 @@ pub fn run(setup: Setup) {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        Ok((poll, waker, listener))
+        let committer = match journal {
+            None => None,
+            Some((js, status)) => {
+                let w = Arc::clone(&waker);
+                let wake = Box::new(move || {
+                    let _ = w.wake();
+                });
+                app.writer.enable_journal();
+                Some(Committer::start(js, status, wake)?)
+            }
+        };
+        Ok((poll, waker, listener, committer))
     })();
-    let (mut poll, waker, listener) = match started {
+    let (mut poll, waker, listener, committer) = match started {
         Ok(s) => s,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -103,84 +124,27 @@ pub fn run(setup: Setup) {
         spare: Vec::new(),
         open: 0,
         max_conns,
-        out: Vec::with_capacity(128 * 1024),
+        outbox: Outbox::with_capacity(128 * 1024),
+        ready: Vec::new(),
+        committer,
         date: DateCache::default(),
         limits,
         epoch: Instant::now(),
         now_ms: 0,
         wheel: Wheel::default(),
         expired: Vec::new(),
-        turn: Vec::new(),
         again: Vec::new(),
         accept_full: false,
         backoff_until: None,
         backoff_ms: BACKOFF_MIN_MS,
+        drain_grace,
+        shutdown_timeout,
+        grace_until: None,
         draining: None,
     };
     let mut events = Events::with_capacity(1024);
-    loop {
-        let mut sync_due = app
-            .writer
-            .journal_mut()
-            .and_then(|j| j.sync_due_in(Instant::now()));
-        if w.access.as_ref().is_some_and(|l| l.pending()) {
-            // Access-log lines are handed over at least every 100 ms.
-            sync_due = Some(sync_due.map_or(Duration::from_millis(100), |d| {
-                d.min(Duration::from_millis(100))
-            }));
-        }
-        if let Err(e) = poll.poll(&mut events, w.poll_timeout(sync_due)) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            panic!("worker {index}: epoll_wait failed: {e}");
-        }
-        w.now_ms = w.epoch.elapsed().as_millis() as u64;
-        let wall = SystemTime::now();
-        w.date.update(wall);
-        if w.access.is_some() {
-            let ms = wall
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            let ts = crate::time::Timestamp { ms, offset_min: 0 };
-            w.log_time.1 = rfc3339::write(ts, &mut w.log_time.0);
-        }
-        for ev in events.iter() {
-            match ev.token() {
-                LISTENER => w.accept(&poll),
-                WAKER => {}
-                t => {
-                    let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                    w.drive(t, readable, ev.is_read_closed(), &mut app);
-                }
-            }
-        }
-        w.expire(&mut app);
-        w.flush_turn(&mut app);
-        if let Some(log) = w.access.as_mut() {
-            log.turn(w.now_ms);
-            w.metrics
-                .worker(w.index)
-                .set(metrics::ACCESS_LOG_DROPPED, log.dropped);
-        }
-        w.retry_accept(&poll);
-        if shutdown.load(Ordering::Acquire) && w.draining.is_none() {
-            w.start_drain(&poll, Instant::now() + shutdown_timeout);
-        }
-        if let Some(deadline) = w.draining
-            && (w.open == 0 || Instant::now() >= deadline)
-        {
-            if let Some(log) = w.access.as_mut() {
-                log.turn(u64::MAX);
-            }
-            if let Some(j) = app.writer.journal_mut()
-                && let Err(e) = j.flush(Instant::now()).and_then(|_| j.sync_now())
-            {
-                eprintln!("worker {index}: final journal sync failed: {e}");
-            }
-            return;
-        }
-    }
+    while w.turn(&mut poll, &mut events, &mut app) {}
+    w.finish(&mut app);
 }
 
 struct Worker {
@@ -195,7 +159,12 @@ struct Worker {
     spare: Vec<Box<[u8]>>,
     open: usize,
     max_conns: usize,
-    out: Vec<u8>,
+    /// Every answer, until the journal has written what it depends on.
+    outbox: Outbox,
+    /// Parts of the outbox released this turn (kept for its capacity).
+    ready: Vec<Held>,
+    /// This worker's journal thread (`None`: `--in-memory`).
+    committer: Option<Committer>,
     date: DateCache,
     limits: Limits,
     /// The coarse clock: milliseconds since `epoch`, read once per loop turn.
@@ -203,9 +172,6 @@ struct Worker {
     now_ms: u64,
     wheel: Wheel,
     expired: Vec<Entry>,
-    /// Connections driven this turn whose answers wait in `out` for the journal:
-    /// `(slot, generation, start, end)` of their part of `out`.
-    turn: Vec<(usize, u32, usize, usize)>,
     /// Connections to drive again once their answers are out (their output was full).
     again: Vec<usize>,
     /// At `max_conns`: new connections wait in the backlog until one closes.
@@ -213,29 +179,186 @@ struct Worker {
     /// Out of descriptors or memory: no accepting until then (ms), then twice as long next time.
     backoff_until: Option<u64>,
     backoff_ms: u64,
-    /// When shutting down: the deadline for the last connections.
+    drain_grace: Duration,
+    shutdown_timeout: Duration,
+    /// After SIGTERM: serve normally until then (`--drain-grace`).
+    grace_until: Option<Instant>,
+    /// When draining: the deadline for the last connections.
     draining: Option<Instant>,
 }
 
 impl Worker {
+    /// One loop turn, as its phases. Returns false when the worker is done.
+    fn turn(&mut self, poll: &mut Poll, events: &mut Events, app: &mut App) -> bool {
+        if let Err(e) = poll.poll(events, self.poll_timeout()) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                return true;
+            }
+            panic!("worker {}: epoll_wait failed: {e}", self.index);
+        }
+        self.tick(app);
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => self.accept(poll),
+                WAKER => {} // the journal wrote a batch: `release` below sees it
+                t => {
+                    let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                    self.drive(t, readable, ev.is_read_closed(), app);
+                }
+            }
+        }
+        self.expire(app);
+        self.commit(app);
+        self.release(app);
+        if let Some(log) = self.access.as_mut() {
+            log.turn(self.now_ms);
+            self.metrics
+                .worker(self.index)
+                .set(metrics::ACCESS_LOG_DROPPED, log.dropped);
+        }
+        self.retry_accept(poll);
+        !self.shutdown(poll, app)
+    }
+
     /// Sleep until an event, the next timer bucket, the end of an accept backoff, or (while
-    /// draining) the next look at the clock.
-    fn poll_timeout(&self, sync_due: Option<Duration>) -> Option<Duration> {
+    /// shutting down) the next look at the clock. The journal thread wakes us through the
+    /// waker; access-log lines are handed over at least every 100 ms.
+    fn poll_timeout(&self) -> Option<Duration> {
         let timers = self.wheel.next_due_in(self.now_ms);
-        let timers = match (timers, sync_due) {
-            (Some(t), Some(s)) => Some(t.min(s.as_millis() as u64 + 1)),
-            (t, s) => t.or(s.map(|s| s.as_millis() as u64 + 1)),
-        };
         let backoff = self.backoff_until.map(|t| t.saturating_sub(self.now_ms));
-        let ms = match (timers, backoff) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let log = self
+            .access
+            .as_ref()
+            .is_some_and(|l| l.pending())
+            .then_some(100);
+        let ms = [timers, backoff, log].into_iter().flatten().min();
         let t = ms.map(Duration::from_millis);
-        match (t, self.draining) {
-            (Some(t), Some(_)) => Some(t.min(DRAIN_TICK)),
-            (None, Some(_)) => Some(DRAIN_TICK),
-            (t, None) => t,
+        if self.draining.is_some() || self.grace_until.is_some() {
+            return Some(t.map_or(DRAIN_TICK, |t| t.min(DRAIN_TICK)));
+        }
+        t
+    }
+
+    /// The turn's clocks: the coarse ms clock, the `Date` header, the access log's time; and
+    /// whether this stripe takes usages now.
+    fn tick(&mut self, app: &mut App) {
+        self.now_ms = self.epoch.elapsed().as_millis() as u64;
+        let wall = SystemTime::now();
+        self.date.update(wall);
+        if self.access.is_some() {
+            let ms = wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let ts = crate::time::Timestamp { ms, offset_min: 0 };
+            self.log_time.1 = rfc3339::write(ts, &mut self.log_time.0);
+        }
+        self.admit_usages(app);
+    }
+
+    /// New usages are refused (`503`) while the journal cannot write, a write has been in
+    /// flight past [`STALL_MS`], or the unwritten batch is too large.
+    fn admit_usages(&mut self, app: &mut App) {
+        let Some(c) = &self.committer else {
+            return;
+        };
+        let now = committer::clock_ms();
+        let trouble = c.status().trouble() != Trouble::None || c.in_flight_ms(now) > STALL_MS;
+        let big = app
+            .writer
+            .batch_mut()
+            .is_some_and(|(b, _)| b.len() >= MAX_BATCH);
+        app.writer.set_accepting(!trouble && !big);
+        self.metrics
+            .worker(self.index)
+            .set(metrics::JOURNAL_UNAVAILABLE, u64::from(trouble));
+    }
+
+    /// Hand the records stored so far to the journal thread, if it is free (else they go with
+    /// the next batch: group commit).
+    fn commit(&mut self, app: &mut App) {
+        let Some(c) = &mut self.committer else {
+            return;
+        };
+        if let Some((batch, last_id)) = app.writer.batch_mut() {
+            c.submit(batch, last_id);
+        }
+        let (status, m) = (c.status(), self.metrics.worker(self.index));
+        m.set(
+            metrics::JOURNAL_BYTES,
+            status.bytes_written.load(Ordering::Relaxed),
+        );
+        m.set(
+            metrics::JOURNAL_FSYNCS,
+            status.syncs.load(Ordering::Relaxed),
+        );
+        m.set(
+            metrics::JOURNAL_FSYNC_NS,
+            status.sync_ns.load(Ordering::Relaxed),
+        );
+        m.set(
+            metrics::JOURNAL_ERRORS,
+            status.errors.load(Ordering::Relaxed),
+        );
+    }
+
+    /// Send every answer the journal allows, one write per part; connections that stopped
+    /// with their output full go on (their new answers go through the outbox again).
+    fn release(&mut self, app: &mut App) {
+        loop {
+            if let Some(c) = &self.committer {
+                self.outbox.set_durable(c.durable());
+            }
+            let mut ready = std::mem::take(&mut self.ready);
+            self.outbox.take_ready(&mut ready);
+            for h in ready.drain(..) {
+                let slot = &mut self.slots[h.slot];
+                let Some((stream, conn)) = slot
+                    .conn
+                    .as_mut()
+                    .filter(|_| slot.generation == h.generation)
+                else {
+                    continue;
+                };
+                let next = conn.complete(
+                    stream,
+                    self.outbox.bytes(&h),
+                    self.now_ms,
+                    &self.limits.timeouts,
+                    self.metrics.worker(self.index),
+                );
+                if next == Next::Keep && conn.take_more() {
+                    self.again.push(h.slot);
+                }
+                self.after(h.slot, next);
+            }
+            self.ready = ready;
+            self.outbox.reclaim();
+            if self.again.is_empty() {
+                return;
+            }
+            let mut again = std::mem::take(&mut self.again);
+            for index in again.drain(..) {
+                let generation = self.slots[index].generation;
+                // It stopped reading with its socket not drained: read on (no edge will come).
+                self.drive(token(index, generation), true, false, app);
+            }
+            self.again = again;
+            self.commit(app);
+        }
+    }
+
+    /// The worker's last act: the records not yet handed over go to the journal thread, which
+    /// writes them, releases the lease and syncs.
+    fn finish(&mut self, app: &mut App) {
+        if let Some(log) = self.access.as_mut() {
+            log.turn(u64::MAX);
+        }
+        if let Some(c) = self.committer.take() {
+            let last = app
+                .writer
+                .batch_mut()
+                .map(|(b, id)| (std::mem::take(b), id));
+            c.stop(last);
         }
     }
 
@@ -319,15 +442,17 @@ impl Worker {
     }
 
     fn ctx<'a>(&'a mut self, app: &'a mut App) -> (Ctx<'a>, &'a mut Vec<Slot>) {
-        let out_start = self.out.len();
+        let out_start = self.outbox.len();
+        let durable = self.outbox.durable();
         let ctx = Ctx {
             app,
-            out: &mut self.out,
+            out: self.outbox.buf(),
             out_start,
             date: &self.date,
             limits: self.limits,
             draining: self.draining.is_some(),
             now_ms: self.now_ms,
+            durable,
             metrics: self.metrics.worker(self.index),
             access: self.access.as_mut(),
             log_time: &self.log_time.0[..self.log_time.1],
@@ -341,86 +466,38 @@ impl Worker {
             Some(slot) if token(index, slot.generation) == t && slot.conn.is_some() => {}
             _ => return,
         }
-        let start = self.out.len();
+        let start = self.outbox.len();
+        let stored = app.writer.appended();
         let (mut ctx, slots) = self.ctx(app);
         let (stream, conn) = slots[index].conn.as_mut().expect("checked above");
         if read_closed {
             conn.note_read_closed();
         }
         let next = conn.on_ready(stream, &mut ctx, readable);
-        self.settle(index, start, next);
+        let stored = app.writer.appended() != stored;
+        self.settle(index, start, next, stored);
     }
 
-    /// After a connection ran: answers to send go on the turn's list (sent once the journal has
-    /// the turn's usages); a connection that closes at once takes its answers with it.
-    fn settle(&mut self, index: usize, start: usize, next: Next) {
+    /// After a connection ran: its answers go into the outbox, waiting for the batch its
+    /// usages went into (if it stored any) and for its earlier answers; a connection that
+    /// closes at once takes its answers with it.
+    fn settle(&mut self, index: usize, start: usize, next: Next, stored: bool) {
         match next {
             Next::Keep => {
-                let generation = self.slots[index].generation;
-                self.turn.push((index, generation, start, self.out.len()));
+                let filling = self.committer.as_ref().map_or(0, Committer::filling);
+                let slot = &mut self.slots[index];
+                let (_, conn) = slot.conn.as_mut().expect("live connection");
+                let wait = conn.wait.max(if stored { filling } else { 0 });
+                conn.wait = wait;
+                self.outbox.hold(index, slot.generation, wait, start);
             }
             Next::Close | Next::Linger => {
-                self.out.truncate(start);
+                self.outbox.discard(start);
                 self.after(index, next);
             }
         }
     }
 
-    /// End of a loop turn: the journal first, then every connection's answers, one write each;
-    /// connections that stopped with their output full run again, until none has more.
-    fn flush_turn(&mut self, app: &mut App) {
-        if let Some(j) = app.writer.journal_mut() {
-            let now = Instant::now();
-            let due = j.sync_due_in(now).is_some_and(|d| d.is_zero());
-            if (j.has_pending() || due) && !j.failed() {
-                let flushed = j.flush(now);
-                let m = self.metrics.worker(self.index);
-                m.set(metrics::JOURNAL_BYTES, j.bytes_written);
-                m.set(metrics::JOURNAL_FSYNCS, j.syncs);
-                m.set(metrics::JOURNAL_FSYNC_NS, j.sync_ns);
-                if let Err(e) = flushed {
-                    return self.journal_failed(&e);
-                }
-            }
-        }
-        while !self.turn.is_empty() {
-            let mut turn = std::mem::take(&mut self.turn);
-            for (index, generation, a, b) in turn.drain(..) {
-                let slot = &mut self.slots[index];
-                let Some((stream, conn)) =
-                    slot.conn.as_mut().filter(|_| slot.generation == generation)
-                else {
-                    continue;
-                };
-                let next = conn.complete(
-                    stream,
-                    &self.out[a..b],
-                    self.now_ms,
-                    &self.limits.timeouts,
-                    self.metrics.worker(self.index),
-                );
-                if next == Next::Keep && conn.take_more() {
-                    self.again.push(index);
-                }
-                self.after(index, next);
-            }
-            self.turn = turn;
-            self.out.clear();
-            if let Some(j) = app.writer.journal_mut().filter(|j| j.has_pending()) {
-                // Connections driven again stored more usages: journal them before answering.
-                if let Err(e) = j.flush(Instant::now()) {
-                    return self.journal_failed(&e);
-                }
-            }
-            let mut again = std::mem::take(&mut self.again);
-            for index in again.drain(..) {
-                let generation = self.slots[index].generation;
-                // It stopped reading with its socket not drained: read on (no edge will come).
-                self.drive(token(index, generation), true, false, app);
-            }
-            self.again = again;
-        }
-    }
     /// Act on what a connection asked for, and file its deadline if it moved earlier.
     fn after(&mut self, index: usize, next: Next) {
         match next {
@@ -435,23 +512,6 @@ impl Worker {
             }
             Next::Close => self.close(index),
         }
-    }
-
-    /// The journal could not be written: the usages of this turn are not durable, so their
-    /// `201`s must not go. Close those connections unanswered (clients retry); the stripe takes
-    /// no more usages (`503`) from now on.
-    #[cold]
-    fn journal_failed(&mut self, e: &io::Error) {
-        eprintln!(
-            "worker {}: journal write failed: {e}; closing this turn's connections unanswered",
-            self.index
-        );
-        for (index, generation, _, _) in std::mem::take(&mut self.turn) {
-            if self.slots[index].generation == generation {
-                self.close(index);
-            }
-        }
-        self.out.clear();
     }
 
     fn arm(&mut self, index: usize) {
@@ -493,7 +553,7 @@ impl Worker {
         let mut expired = std::mem::take(&mut self.expired);
         for e in expired.drain(..) {
             let index = e.slot as usize;
-            let start = self.out.len();
+            let start = self.outbox.len();
             let (mut ctx, slots) = self.ctx(app);
             let Some((_, conn)) = slots[index].conn.as_mut() else {
                 continue;
@@ -502,7 +562,7 @@ impl Worker {
             let kind = conn.deadline().1 as usize;
             ctx.metrics.add(metrics::TIMEOUT + kind, 1);
             let next = conn.on_timeout(&mut ctx);
-            self.settle(index, start, next);
+            self.settle(index, start, next, false);
         }
         self.expired = expired;
     }
@@ -524,19 +584,57 @@ impl Worker {
         }
     }
 
-    /// Stop accepting and close idle connections; the rest answer what they had read (closing
-    /// after it; later requests get `503`) until the deadline.
-    fn start_drain(&mut self, poll: &Poll, deadline: Instant) {
+    /// After SIGINT/SIGTERM: serve normally through `--drain-grace` (`/health` already says
+    /// 503), then drain; true once the last connection is gone or the deadline passed.
+    fn shutdown(&mut self, poll: &Poll, app: &mut App) -> bool {
+        if !app.node.draining.load(Ordering::Acquire) {
+            return false;
+        }
+        let now = Instant::now();
+        let grace_until = *self.grace_until.get_or_insert(now + self.drain_grace);
+        if self.draining.is_none() && now >= grace_until {
+            self.start_drain(poll, app, now + self.shutdown_timeout);
+        }
+        let Some(deadline) = self.draining else {
+            return false;
+        };
+        self.close_idle();
+        (self.open == 0 && self.outbox.is_empty()) || now >= deadline
+    }
+
+    /// Stop accepting; read what each connection already sent (answered normally, closing
+    /// after); from now on its new requests get `503` and a close.
+    fn start_drain(&mut self, poll: &Poll, app: &mut App, deadline: Instant) {
         self.draining = Some(deadline);
         if let Some(mut l) = self.listener.take() {
             let _ = poll.registry().deregister(&mut l);
         }
         for i in 0..self.slots.len() {
-            match self.slots[i].conn.as_mut() {
-                Some((_, c)) if c.is_idle() => self.close(i),
-                Some((_, c)) => c.begin_drain(),
-                None => {}
+            let generation = self.slots[i].generation;
+            if self.slots[i].conn.is_some() {
+                self.drive(token(i, generation), true, false, app);
             }
+            if let Some((_, c)) = self.slots[i].conn.as_mut() {
+                c.begin_drain();
+            }
+        }
+        self.commit(app);
+        self.release(app);
+    }
+
+    /// While draining: connections with nothing in progress and nothing waiting are closed
+    /// with a FIN (then read until the client closes: never a reset over unread bytes).
+    fn close_idle(&mut self) {
+        let durable = self.outbox.durable();
+        for i in 0..self.slots.len() {
+            let linger = self.limits.timeouts.linger_ms;
+            let next = match self.slots[i].conn.as_mut() {
+                Some((_, c)) if c.is_idle() && c.wait <= durable => {
+                    c.close_gracefully(self.now_ms, linger)
+                }
+                _ => continue,
+            };
+            self.after(i, next);
         }
     }
 }

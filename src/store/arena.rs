@@ -42,18 +42,31 @@ fn new_chunk(words: u64) -> Box<[AtomicU64]> {
 
 /// One stripe's shared half: what readers see.
 struct Stripe {
-    /// Records published; slots below it are complete. Written only by the stripe's writer.
+    /// The first slot this stripe holds (earlier ones were lost or removed); fixed at creation.
+    start: u64,
+    /// Records published: slots `start..len` are complete. Written only by the stripe's writer.
     len: AtomicU64,
     records: Box<[Chunk]>,
     strings: Box<[Chunk]>,
 }
 
 impl Stripe {
-    fn new() -> Self {
+    /// A stripe from slot `start`; a sealed one (an old epoch, `end` known) gets chunk tables
+    /// only as long as its records need, so old epochs cost little.
+    fn new(start: u64, end: Option<u64>) -> Self {
+        let (records, strings) = match end {
+            None => (RECORD_CHUNKS, STRING_CHUNKS),
+            Some(end) => (
+                (end.div_ceil(RECORDS_PER_CHUNK) as usize).min(RECORD_CHUNKS),
+                // At most two interned strings per record, each at most 1 + 64/8 words.
+                (((end - start) * 18).div_ceil(STRING_CHUNK_WORDS) as usize + 1).min(STRING_CHUNKS),
+            ),
+        };
         Stripe {
-            len: AtomicU64::new(0),
-            records: (0..RECORD_CHUNKS).map(|_| OnceLock::new()).collect(),
-            strings: (0..STRING_CHUNKS).map(|_| OnceLock::new()).collect(),
+            start,
+            len: AtomicU64::new(start),
+            records: (0..records).map(|_| OnceLock::new()).collect(),
+            strings: (0..strings).map(|_| OnceLock::new()).collect(),
         }
     }
 
@@ -88,6 +101,15 @@ struct Epoch {
     base: u64,
     stripes: Box<[Stripe]>,
 }
+
+/// How an epoch is laid out: its base, the first slot of each of its stripes, and for a sealed
+/// (old) epoch the end of each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochLayout {
+    pub base: u64,
+    pub starts: Vec<u64>,
+    pub ends: Option<Vec<u64>>,
+}
 /// A stored usage, copied out of the arena (strings at most 64 bytes, so no allocation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredUsage {
@@ -116,32 +138,36 @@ const TAG_INTERNED: u64 = 2;
 impl Store {
     /// A store of `stripes` empty stripes (one per worker).
     pub fn new(stripes: u32) -> Self {
-        Store::with_epochs(&[(0, stripes)])
+        Store::with_epochs(&[EpochLayout {
+            base: 0,
+            starts: vec![0; stripes as usize],
+            ends: None,
+        }])
     }
 
-    /// A store of empty epochs `(base, stripes)`, in increasing `base`; the last is current.
-    pub fn with_epochs(epochs: &[(u64, u32)]) -> Self {
+    /// A store of empty epochs, in increasing `base`; the last is current.
+    pub fn with_epochs(epochs: &[EpochLayout]) -> Self {
         assert!(
-            !epochs.is_empty() && epochs.iter().all(|&(_, s)| s > 0),
+            !epochs.is_empty() && epochs.iter().all(|e| !e.starts.is_empty()),
             "at least one stripe"
+        );
+        assert!(
+            epochs.windows(2).all(|w| w[0].base < w[1].base),
+            "epochs in increasing base"
         );
         let epochs = epochs
             .iter()
-            .map(|&(base, n)| Epoch {
-                base,
-                stripes: (0..n).map(|_| Stripe::new()).collect(),
+            .map(|e| Epoch {
+                base: e.base,
+                stripes: e
+                    .starts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &s)| Stripe::new(s, e.ends.as_ref().map(|ends| ends[i])))
+                    .collect(),
             })
             .collect();
         Store { epochs }
-    }
-
-    fn current(&self) -> &Epoch {
-        self.epochs.last().expect("at least one epoch")
-    }
-
-    /// Stripes of the current epoch (one per worker).
-    pub fn stripes(&self) -> u32 {
-        self.current().stripes.len() as u32
     }
 
     /// `(base, stripes)` of every epoch, oldest first.
@@ -152,11 +178,10 @@ impl Store {
             .collect()
     }
 
-    /// Records in `stripe` of epoch `epoch`.
-    pub fn stripe_len(&self, epoch: usize, stripe: u32) -> u64 {
-        self.epochs[epoch].stripes[stripe as usize]
-            .len
-            .load(Ordering::Acquire)
+    /// The slots `start..end` that `stripe` of epoch `epoch` holds.
+    pub fn stripe_slots(&self, epoch: usize, stripe: u32) -> std::ops::Range<u64> {
+        let s = &self.epochs[epoch].stripes[stripe as usize];
+        s.start..s.len.load(Ordering::Acquire)
     }
 
     /// Usages published so far, over all epochs and stripes.
@@ -164,7 +189,7 @@ impl Store {
         self.epochs
             .iter()
             .flat_map(|e| e.stripes.iter())
-            .map(|s| s.len.load(Ordering::Acquire))
+            .map(|s| s.len.load(Ordering::Acquire) - s.start)
             .sum()
     }
 
@@ -177,7 +202,7 @@ impl Store {
         let e = self.epochs.iter().rev().find(|e| id > e.base)?;
         let (stripe, slot) = ids::locate(id - e.base, e.stripes.len() as u32)?;
         let s = &e.stripes[stripe as usize];
-        if slot >= s.len.load(Ordering::Acquire) {
+        if slot < s.start || slot >= s.len.load(Ordering::Acquire) {
             return None;
         }
         let base = slot * WORDS_PER_RECORD as u64;
@@ -220,19 +245,18 @@ impl Store {
     pub fn epoch_writer(self: &std::sync::Arc<Self>, epoch: usize, stripe: u32) -> StripeWriter {
         let e = &self.epochs[epoch];
         assert!((stripe as usize) < e.stripes.len(), "stripe in range");
-        assert_eq!(
-            e.stripes[stripe as usize].len.load(Ordering::Acquire),
-            0,
-            "a fresh stripe"
-        );
+        let s = &e.stripes[stripe as usize];
+        assert_eq!(s.len.load(Ordering::Acquire), s.start, "a fresh stripe");
         StripeWriter {
             store: std::sync::Arc::clone(self),
             epoch,
             base: e.base,
             stripes: e.stripes.len() as u32,
-            journal: None,
+            batch: None,
+            last_id: 0,
+            accepting: true,
             stripe,
-            next: 0,
+            next: s.start,
             string_words: 0,
             interned: Vec::new(),
             interned_count: 0,
@@ -246,8 +270,13 @@ pub struct StripeWriter {
     epoch: usize,
     base: u64,
     stripes: u32,
-    /// Where every appended usage is also recorded (write-ahead: see `journal.rs`).
-    journal: Option<super::journal::Journal>,
+    /// With a journal: the records of usages appended since the last hand-over to the journal
+    /// thread (the batch being filled; see `committer.rs`).
+    batch: Option<Vec<u8>>,
+    /// The id of the last usage appended.
+    last_id: u64,
+    /// Whether new usages are taken (the worker turns it off while its journal cannot write).
+    accepting: bool,
     stripe: u32,
     /// Records written; equals the stripe's published `len`.
     next: u64,
@@ -263,22 +292,38 @@ impl StripeWriter {
         &self.store.epochs[self.epoch].stripes[self.stripe as usize]
     }
 
-    /// Record every usage appended from now on in `journal`.
-    pub fn set_journal(&mut self, journal: super::journal::Journal) {
-        self.journal = Some(journal);
+    /// Encode every usage appended from now on into a batch for the journal.
+    pub fn enable_journal(&mut self) {
+        self.batch = Some(Vec::with_capacity(256 * 1024));
     }
 
-    pub fn journal_mut(&mut self) -> Option<&mut super::journal::Journal> {
-        self.journal.as_mut()
+    /// The records appended since the last call, and the last id among them; `batch` holds them
+    /// (swapped in place by the caller, see [`super::committer::Committer::submit`]).
+    pub fn batch_mut(&mut self) -> Option<(&mut Vec<u8>, u64)> {
+        let last = self.last_id;
+        self.batch.as_mut().map(|b| (b, last))
     }
 
-    /// Store `u` and return its id. The single place a usage enters the store: the journal
-    /// hooks in here.
+    /// Take new usages (`true`) or refuse them with [`StoreFull`] (`false`).
+    pub fn set_accepting(&mut self, yes: bool) {
+        self.accepting = yes;
+    }
+
+    /// Usages appended by this writer so far (a counter that moves with every append).
+    pub fn appended(&self) -> u64 {
+        self.next
+    }
+
+    /// The id of the last usage appended (0: none yet).
+    pub fn last_id(&self) -> u64 {
+        self.last_id
+    }
+
+    /// Store `u` and return its id. The single place a usage enters the store: its journal
+    /// record is encoded here too, into the batch the worker hands to its journal thread.
     pub fn append(&mut self, u: &Usage<'_>) -> Result<u64, StoreFull> {
         let slot = self.next;
-        if slot >= RECORDS_PER_CHUNK * RECORD_CHUNKS as u64
-            || self.journal.as_ref().is_some_and(|j| j.failed())
-        {
+        if !self.accepting || slot >= RECORDS_PER_CHUNK * self.stripe().records.len() as u64 {
             return Err(StoreFull);
         }
         let med = self.intern(u.medication)?;
@@ -303,9 +348,10 @@ impl StripeWriter {
         // Publish: everything above happens-before any reader's Acquire load that sees it.
         stripe.len.store(self.next, Ordering::Release);
         let id = self.base + ids::id_of(self.stripe, slot, self.stripes);
-        if let Some(j) = &mut self.journal {
-            j.record(id, u);
+        if let Some(b) = &mut self.batch {
+            super::journal::encode(b, id, u);
         }
+        self.last_id = id;
         Ok(id)
     }
 
@@ -359,7 +405,8 @@ impl StripeWriter {
         if at % STRING_CHUNK_WORDS + words > STRING_CHUNK_WORDS {
             at = at.next_multiple_of(STRING_CHUNK_WORDS);
         }
-        if at + words > STRING_CHUNK_WORDS * STRING_CHUNKS as u64 || at + words >= u32::MAX as u64 {
+        let table = self.stripe().strings.len() as u64;
+        if at + words > STRING_CHUNK_WORDS * table || at + words >= u32::MAX as u64 {
             return Err(StoreFull);
         }
         let chunk = self.stripe().strings[(at / STRING_CHUNK_WORDS) as usize]

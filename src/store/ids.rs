@@ -1,6 +1,9 @@
 //! Striped ids: with `S` stripes, stripe `s` hands out `s+1, s+1+S, s+1+2S, …`, so an id names
 //! its stripe and its slot in that stripe's arena. Pure functions; no shared state.
 
+/// Ids stay below 2^53, exact in a JavaScript number.
+pub const MAX_ID: u64 = 1 << 53;
+
 /// The id stored at `slot` of `stripe` when there are `stripes` stripes.
 pub const fn id_of(stripe: u32, slot: u64, stripes: u32) -> u64 {
     slot * stripes as u64 + stripe as u64 + 1

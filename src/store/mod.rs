@@ -4,8 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod arena;
+pub mod committer;
 pub mod ids;
 pub mod journal;
 pub mod recover;
 
-pub use arena::{Store, StoreFull, StoredUsage, StripeWriter};
+pub use arena::{EpochLayout, Store, StoreFull, StoredUsage, StripeWriter};

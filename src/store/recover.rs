@@ -1,13 +1,20 @@
 //! Recovery: read every journal segment, check every record, and rebuild the store, so every
-//! acknowledged usage is readable again and no id is handed out twice.
+//! acknowledged usage is readable again and no id is handed out twice. In named phases:
 //!
-//! - A torn tail (the last record of a segment cut short by a crash) is cut back to the last
-//!   whole record, with a warning naming the file and offset.
-//! - A bad record in the middle stops the start with an error naming the file and offset;
-//!   with `repair`, everything before it is kept and the rest of that stripe (the rest of the
-//!   file, and its later segments) is moved aside as `*.corrupt`.
-//! - The current layout continues the last epoch when the stripe count is unchanged; otherwise a
-//!   new epoch starts past the largest id seen (earlier ids stay readable).
+//! 1. [`list`]: find the segments. A `*.tmp` file (a segment whose creation a crash cut short)
+//!    and a file shorter than a header hold no records and are removed. A header that fails its
+//!    checks, or disagrees with its file name, is corruption.
+//! 2. [`check_stripe`]: walk each stripe's segments in order. Records must continue slot by
+//!    slot (a missing segment in the middle is corruption; a missing beginning is reported). A
+//!    torn tail (see [`journal::scan`]) is cut back with a warning; corruption stops the start
+//!    with an error naming file and offset, unless `repair`: then everything before it is kept
+//!    and the rest of the stripe is moved aside as `*.corrupt-OFFSET`.
+//! 3. [`plan`]: the epochs, ordered by the ids they hold (empty ones are dropped). The last
+//!    epoch continues only when this run has its stripe count and none of its stripes may have
+//!    handed out ids past its last record (a lease ahead of it, or a repair that moved records
+//!    aside); otherwise a new epoch starts past every id and lease seen, and past every id the
+//!    moved-aside bytes could hold.
+//! 4. [`build`]: the store, refilled record by record through the stripes' writers.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -15,29 +22,36 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::journal::{self, Bad, HEADER_LEN, Header};
-use super::{Store, StripeWriter};
+use super::committer::LEASE_SLOTS;
+use super::ids::{self, MAX_ID};
+use super::journal::{self, End, HEADER_LEN, Header, MAX_STRIPES, MIN_RECORD, Record};
+use super::{EpochLayout, Store, StripeWriter};
 
 /// What recovery found and built.
 pub struct Recovered {
     pub store: Arc<Store>,
     /// One writer per stripe of the current epoch, continuing where the journal ended.
     pub writers: Vec<StripeWriter>,
-    /// The last segment number of each current stripe (its journal continues after it).
-    pub last_seq: Vec<Option<u32>>,
+    /// How each current stripe's journal continues.
+    pub journals: Vec<Continue>,
+    /// The current epoch's base.
+    pub base: u64,
     pub records: u64,
     pub elapsed: Duration,
-    /// Torn tails cut and corruption moved aside, one line each.
+    /// Torn tails cut, empty files removed, corruption moved aside: one line each.
     pub warnings: Vec<String>,
+    /// Corruption was found (and skipped, read-only, or moved aside, with `repair`).
+    pub corrupt: bool,
 }
 
-/// A segment's bytes and the end of its last whole record.
-type SegmentBytes = (Vec<u8>, usize);
-
-struct Segment {
-    path: PathBuf,
-    header: Header,
-    seq: u32,
+/// Where a current stripe's journal goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Continue {
+    /// The segment number this run writes (one past every existing one of the stripe).
+    pub seq: u32,
+    /// The stripe's durable lease and its last id.
+    pub lease: u64,
+    pub last_id: u64,
 }
 
 /// Options for [`recover`].
@@ -51,186 +65,416 @@ pub struct Options {
     pub read_only: bool,
 }
 
+/// `(base, stripes, stripe)`: which stripe of which epoch a segment belongs to.
+type StripeKey = (u64, u32, u32);
+
+struct Segment {
+    path: PathBuf,
+    seq: u32,
+    /// The file's bytes (`None`: its header was bad; the whole file is corrupt).
+    bytes: Option<Vec<u8>>,
+}
+
+/// What one stripe's segments hold after checking.
+#[derive(Default)]
+struct StripeScan {
+    /// The kept segments' bytes and the end of their whole records.
+    kept: Vec<(Vec<u8>, usize)>,
+    /// The slot of the first record, and the number of records.
+    start: Option<u64>,
+    records: u64,
+    last_id: u64,
+    lease: u64,
+    /// Bytes moved aside (or skipped, read-only): ids in them are unknown.
+    lost_bytes: u64,
+    next_seq: u32,
+}
+
 /// Rebuild the store from the segments in `dir` (which must exist).
 pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
     let started = Instant::now();
     let mut warnings = Vec::new();
-    let segments = list_segments(dir)?;
-    // epoch (base, stripes) → stripe → segments in seq order
-    let mut epochs: BTreeMap<(u64, u32), BTreeMap<u32, Vec<Segment>>> = BTreeMap::new();
-    for s in segments {
-        epochs
-            .entry((s.header.base, s.header.stripes))
-            .or_default()
-            .entry(s.header.stripe)
-            .or_default()
-            .push(s);
+    let mut corrupt = false;
+    let by_stripe = list(dir, opt, &mut warnings)?;
+    let mut scans: BTreeMap<StripeKey, StripeScan> = BTreeMap::new();
+    for (key, segs) in by_stripe {
+        let scan = check_stripe(key, segs, opt, &mut warnings, &mut corrupt)?;
+        scans.insert(key, scan);
     }
-    for stripes in epochs.values_mut() {
-        for segs in stripes.values_mut() {
-            segs.sort_by_key(|s| s.seq);
-        }
+    let plan = plan(&scans, opt.stripes)?;
+    if plan.fresh && !scans.is_empty() && !opt.read_only {
+        let &(base, n) = plan.epochs.last().expect("an epoch");
+        warnings.push(format!(
+            "ids go on in a new epoch past {base} with {n} stripes (the stripe count changed, \
+             the last run stopped without releasing its id lease, or records were moved aside)"
+        ));
     }
-    // Read every record (the bytes stay in memory until the store is built).
-    let mut data: BTreeMap<(u64, u32, u32), Vec<SegmentBytes>> = BTreeMap::new();
-    let mut max_id = 0;
-    for (&(base, stripes), by_stripe) in &epochs {
-        for (&stripe, segs) in by_stripe {
-            let mut files = Vec::new();
-            let mut stop = false;
-            for seg in segs {
-                if stop {
-                    if !opt.read_only {
-                        move_aside(&seg.path, 0)?;
-                        warnings.push(format!(
-                            "{}: moved aside (after a bad record)",
-                            seg.path.display()
-                        ));
-                    }
-                    continue;
-                }
-                let bytes =
-                    fs::read(&seg.path).map_err(|e| format!("{}: {e}", seg.path.display()))?;
-                let (end, last_id, bad) = scan(&bytes);
-                match bad {
-                    None => {}
-                    Some((at, Bad::Truncated)) => {
-                        warnings.push(format!(
-                            "{}: torn tail at offset {at} ({} bytes) cut back to the last whole record",
-                            seg.path.display(),
-                            bytes.len() - at
-                        ));
-                        if !opt.read_only {
-                            truncate(&seg.path, at as u64)?;
-                        }
-                    }
-                    Some((at, Bad::Corrupt)) => {
-                        if !opt.repair && !opt.read_only {
-                            return Err(format!(
-                                "{}: bad record at offset {at}; start with --repair to keep the {} records before it and move the rest aside",
-                                seg.path.display(),
-                                count(&bytes[HEADER_LEN..end])
-                            ));
-                        }
-                        if !opt.read_only {
-                            move_aside(&seg.path, at)?;
-                        }
-                        warnings.push(format!(
-                            "{}: bad record at offset {at}; kept what came before it",
-                            seg.path.display()
-                        ));
-                        stop = true;
-                    }
-                }
-                max_id = max_id.max(last_id);
-                files.push((bytes, end));
+    build(plan, scans, opt.stripes, started, warnings, corrupt)
+}
+
+/// Phase 1: every segment of `dir`, by stripe, in `seq` order.
+fn list(
+    dir: &Path,
+    opt: Options,
+    warnings: &mut Vec<String>,
+) -> Result<BTreeMap<StripeKey, Vec<Segment>>, String> {
+    let mut out: BTreeMap<StripeKey, Vec<Segment>> = BTreeMap::new();
+    let entries = fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".seg.tmp") {
+            if !opt.read_only {
+                fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             }
-            data.insert((base, stripes, stripe), files);
+            warnings.push(format!(
+                "{}: a segment whose creation was cut short (no records); removed",
+                path.display()
+            ));
+            continue;
+        }
+        if !name.ends_with(".seg") {
+            continue;
+        }
+        let Some((named, seq)) = journal::parse_name(name)
+            .filter(|(h, _)| h.stripes > 0 && h.stripes <= MAX_STRIPES && h.stripe < h.stripes)
+        else {
+            return Err(format!(
+                "{}: not a segment name this build writes; move it out of the data directory",
+                path.display()
+            ));
+        };
+        let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if bytes.len() < HEADER_LEN {
+            if !opt.read_only {
+                fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            warnings.push(format!(
+                "{}: {} bytes, shorter than a header, so no records; removed",
+                path.display(),
+                bytes.len()
+            ));
+            continue;
+        }
+        let header = Header::decode(&bytes).and_then(|h| {
+            if h == named {
+                Ok(h)
+            } else {
+                Err(format!(
+                    "header says epoch {} stripe {} of {}, the name another",
+                    h.base, h.stripe, h.stripes
+                ))
+            }
+        });
+        let bytes = match header {
+            Ok(_) => Some(bytes),
+            Err(e) if !opt.repair && !opt.read_only => {
+                return Err(format!(
+                    "{}: bad segment header ({e}); start with --repair to move this stripe's segments from it on aside",
+                    path.display()
+                ));
+            }
+            Err(e) => {
+                warnings.push(format!("{}: bad segment header ({e})", path.display()));
+                None
+            }
+        };
+        let key = (named.base, named.stripes, named.stripe);
+        out.entry(key)
+            .or_default()
+            .push(Segment { path, seq, bytes });
+    }
+    for segs in out.values_mut() {
+        segs.sort_by_key(|s| s.seq);
+    }
+    Ok(out)
+}
+
+/// Phase 2: check one stripe's segments, cutting torn tails and (with `repair`) moving
+/// corruption aside.
+fn check_stripe(
+    (base, stripes, stripe): StripeKey,
+    segs: Vec<Segment>,
+    opt: Options,
+    warnings: &mut Vec<String>,
+    corrupt: &mut bool,
+) -> Result<StripeScan, String> {
+    let mut s = StripeScan {
+        next_seq: segs.last().map_or(0, |g| g.seq + 1),
+        ..StripeScan::default()
+    };
+    let mut stopped = false;
+    for seg in segs {
+        let shown = seg.path.display();
+        if stopped {
+            s.lost_bytes += fs::metadata(&seg.path).map_or(0, |m| m.len());
+            if !opt.read_only {
+                move_aside(&seg.path, 0)?;
+            }
+            warnings.push(format!("{shown}: moved aside (after a bad record)"));
+            continue;
+        }
+        let Some(bytes) = seg.bytes else {
+            s.lost_bytes += fs::metadata(&seg.path).map_or(0, |m| m.len());
+            if !opt.read_only {
+                move_aside(&seg.path, 0)?;
+            }
+            *corrupt = true;
+            stopped = true;
+            continue;
+        };
+        // Walk the records; one whose id breaks the slot order counts as bad at its offset.
+        let mut bad_id: Option<(usize, u64, u64)> = None;
+        let mut start = s.start;
+        let before = s.records;
+        let mut here = 0u64;
+        // (offset, end, id of a usage or None for a lease, lease)
+        let mut found: Vec<(usize, usize, Option<u64>, u64)> = Vec::new();
+        let end = journal::scan(&bytes, |at, r| {
+            if bad_id.is_some() {
+                return;
+            }
+            let len = journal::decode(&bytes[at..]).map_or(0, |(_, n)| n);
+            match r {
+                Record::Lease(l) => found.push((at, at + len, None, l)),
+                Record::Usage { id, .. } => {
+                    let slot = (id > base)
+                        .then(|| ids::locate(id - base, stripes))
+                        .flatten()
+                        .filter(|&(st, _)| st == stripe)
+                        .map(|(_, slot)| slot);
+                    let want = start.map(|st| st + before + here);
+                    match (slot, want) {
+                        (Some(slot), Some(w)) if slot == w => {}
+                        (Some(slot), None) => start = Some(slot),
+                        _ => {
+                            let expected =
+                                want.map_or(0, |w| base + ids::id_of(stripe, w, stripes));
+                            bad_id = Some((at, id, expected));
+                            return;
+                        }
+                    }
+                    here += 1;
+                    found.push((at, at + len, Some(id), 0));
+                }
+            }
+        });
+        s.start = start;
+        let (cut, bad) = match (bad_id, end) {
+            (Some((at, id, want)), _) => (
+                at,
+                Some(format!(
+                    "record at offset {at} has id {id} where {want} was expected (a segment missing or out of place?)"
+                )),
+            ),
+            (None, End::Clean) => (bytes.len(), None),
+            (None, End::Torn { at }) => {
+                warnings.push(format!(
+                    "{shown}: torn tail at offset {at} ({} bytes) cut back to the last whole record",
+                    bytes.len() - at
+                ));
+                if !opt.read_only {
+                    truncate(&seg.path, at as u64)?;
+                }
+                (at, None)
+            }
+            (None, End::Corrupt { at }) => (at, Some(format!("bad record at offset {at}"))),
+        };
+        let mut good_end = HEADER_LEN;
+        for &(at, end, id, lease) in &found {
+            if at >= cut {
+                break;
+            }
+            match id {
+                Some(id) => {
+                    s.records += 1;
+                    s.last_id = id;
+                }
+                None => s.lease = lease,
+            }
+            good_end = end;
+        }
+        if let Some(why) = bad {
+            *corrupt = true;
+            if !opt.repair && !opt.read_only {
+                return Err(format!(
+                    "{shown}: {why}; start with --repair to keep the records before it and move the rest aside"
+                ));
+            }
+            s.lost_bytes += (bytes.len() - good_end) as u64;
+            if !opt.read_only {
+                move_aside(&seg.path, good_end)?;
+            }
+            warnings.push(format!("{shown}: {why}; kept what came before it"));
+            stopped = true;
+        }
+        s.kept.push((bytes, good_end));
+    }
+    if s.start.is_some_and(|st| st > 0) {
+        warnings.push(format!(
+            "stripe {stripe} of epoch {base} ({stripes} stripes) begins at id {}: the segments before it are missing",
+            base + ids::id_of(stripe, s.start.unwrap_or(0), stripes)
+        ));
+    }
+    Ok(s)
+}
+
+/// The epochs to build and whether the last one is new.
+struct Plan {
+    /// Epochs that hold records, by base, then the current one.
+    epochs: Vec<(u64, u32)>,
+    /// The current epoch is new (its stripes start empty).
+    fresh: bool,
+}
+
+/// Phase 3: order the epochs and decide whether the last continues.
+fn plan(scans: &BTreeMap<StripeKey, StripeScan>, stripes: u32) -> Result<Plan, String> {
+    // Every id any earlier run may have handed out lies at or below `floor`.
+    let mut floor = 0u64;
+    let mut holding: BTreeMap<(u64, u32), bool> = BTreeMap::new();
+    let mut unclean: BTreeMap<(u64, u32), bool> = BTreeMap::new();
+    for (&(base, n, _), s) in scans {
+        floor = floor.max(base).max(s.last_id).max(s.lease);
+        if s.lost_bytes > 0 {
+            // Ids in bytes we could not read: at most one record per MIN_RECORD bytes, each
+            // a slot further, and a lease at most LEASE_SLOTS slots past the last of them.
+            let slots = s.lost_bytes / MIN_RECORD as u64 + 1 + LEASE_SLOTS;
+            let bound = s
+                .last_id
+                .max(s.lease)
+                .max(base)
+                .saturating_add(slots.saturating_mul(u64::from(n)));
+            floor = floor.max(bound);
+        }
+        *holding.entry((base, n)).or_default() |= s.records > 0;
+        *unclean.entry((base, n)).or_default() |= s.lease > s.last_id || s.lost_bytes > 0;
+    }
+    if floor >= MAX_ID / 2 {
+        return Err(format!(
+            "ids reach {floor}: past half the id space; refusing to start"
+        ));
+    }
+    let mut epochs: Vec<(u64, u32)> = holding
+        .iter()
+        .filter(|(_, has)| **has)
+        .map(|(&k, _)| k)
+        .collect();
+    for w in epochs.windows(2) {
+        if w[0].0 == w[1].0 {
+            return Err(format!(
+                "two epochs with records start at id {} ({} and {} stripes): the data directory mixes two stores",
+                w[0].0, w[0].1, w[1].1
+            ));
         }
     }
-    // The epochs of the store: all found, plus a new one if this run's layout differs.
-    let mut layout: Vec<(u64, u32)> = epochs.keys().copied().collect();
-    let continues = layout.last().is_some_and(|&(_, s)| s == opt.stripes);
-    if !continues {
-        layout.push((max_id, opt.stripes));
+    let continues = epochs.last().is_some_and(|&(base, n)| {
+        let max_of_others = scans
+            .iter()
+            .filter(|(k, _)| (k.0, k.1) != (base, n))
+            .map(|(&(b, _, _), s)| b.max(s.last_id).max(s.lease))
+            .max()
+            .unwrap_or(0);
+        n == stripes && !unclean[&(base, n)] && max_of_others <= base
+    });
+    if continues {
+        return Ok(Plan {
+            epochs,
+            fresh: false,
+        });
     }
+    epochs.push((floor, stripes));
+    Ok(Plan {
+        epochs,
+        fresh: true,
+    })
+}
+
+/// Phase 4: the store, every kept record appended again through its stripe's writer.
+fn build(
+    plan: Plan,
+    mut scans: BTreeMap<StripeKey, StripeScan>,
+    stripes: u32,
+    started: Instant,
+    warnings: Vec<String>,
+    corrupt: bool,
+) -> Result<Recovered, String> {
+    let current = plan.epochs.len() - 1;
+    let layout: Vec<EpochLayout> = plan
+        .epochs
+        .iter()
+        .enumerate()
+        .map(|(e, &(base, n))| {
+            let fresh = e == current && plan.fresh;
+            let scan = |s: u32| scans.get(&(base, n, s)).filter(|_| !fresh);
+            let starts: Vec<u64> = (0..n)
+                .map(|s| scan(s).and_then(|x| x.start).unwrap_or(0))
+                .collect();
+            let ends = (e != current).then(|| {
+                (0..n)
+                    .map(|s| scan(s).map_or(0, |x| x.start.unwrap_or(0) + x.records))
+                    .collect()
+            });
+            EpochLayout { base, starts, ends }
+        })
+        .collect();
     let store = Arc::new(Store::with_epochs(&layout));
-    let current = layout.len() - 1;
-    let mut writers: Vec<Option<StripeWriter>> = (0..opt.stripes).map(|_| None).collect();
-    let mut last_seq = vec![None; opt.stripes as usize];
+    let mut writers = Vec::with_capacity(stripes as usize);
+    let mut journals = Vec::with_capacity(stripes as usize);
     let mut records = 0u64;
-    for (e, &(base, stripes)) in layout.iter().enumerate() {
-        for stripe in 0..stripes {
-            let mut w = store.epoch_writer(e, stripe);
-            let segs = epochs.get(&(base, stripes)).and_then(|m| m.get(&stripe));
-            for (bytes, end) in data
-                .get(&(base, stripes, stripe))
-                .map(Vec::as_slice)
-                .unwrap_or(&[])
-            {
-                let mut at = HEADER_LEN;
-                while at < *end {
-                    let (r, n) = journal::decode(&bytes[at..*end])
-                        .map_err(|_| "journal changed while reading".to_string())?;
-                    let id = w
-                        .append(&r.usage)
-                        .map_err(|_| "store full during recovery".to_string())?;
-                    if id != r.id {
-                        let path = segs
-                            .map(|s| s[0].path.display().to_string())
-                            .unwrap_or_default();
-                        return Err(format!(
-                            "{path}: record at offset {at} has id {} where {id} was expected",
-                            r.id
-                        ));
+    for (e, &(base, n)) in plan.epochs.iter().enumerate() {
+        let fresh = e == current && plan.fresh;
+        for s in 0..n {
+            let mut w = store.epoch_writer(e, s);
+            let scan = scans.remove(&(base, n, s));
+            let next_seq = scan.as_ref().map_or(0, |x| x.next_seq);
+            let (lease, last_id) = match &scan {
+                Some(x) if !fresh => {
+                    for (bytes, end) in &x.kept {
+                        records += refill(&mut w, &bytes[..*end])?;
                     }
-                    records += 1;
-                    at += n;
+                    (x.lease, x.last_id)
                 }
-            }
+                _ => (0, 0),
+            };
             if e == current {
-                last_seq[stripe as usize] = segs.and_then(|s| s.last()).map(|s| s.seq);
-                writers[stripe as usize] = Some(w);
+                writers.push(w);
+                journals.push(Continue {
+                    seq: next_seq,
+                    lease,
+                    last_id,
+                });
             }
         }
     }
     Ok(Recovered {
         store,
-        writers: writers
-            .into_iter()
-            .map(|w| w.expect("a writer per stripe"))
-            .collect(),
-        last_seq,
+        writers,
+        journals,
+        base: plan.epochs[current].0,
         records,
         elapsed: started.elapsed(),
         warnings,
+        corrupt,
     })
 }
 
-/// Walk the records of a segment: `(end of the last whole record, its id, what stopped it)`.
-fn scan(bytes: &[u8]) -> (usize, u64, Option<(usize, Bad)>) {
-    let mut at = HEADER_LEN.min(bytes.len());
-    let mut last_id = 0;
-    while at < bytes.len() {
-        match journal::decode(&bytes[at..]) {
-            Ok((r, n)) => {
-                last_id = r.id;
-                at += n;
-            }
-            Err(bad) => return (at, last_id, Some((at, bad))),
-        }
-    }
-    (at, last_id, None)
-}
-
-fn count(mut records: &[u8]) -> usize {
+/// Append every usage record of `bytes` (a checked segment prefix) through `w`.
+fn refill(w: &mut StripeWriter, bytes: &[u8]) -> Result<u64, String> {
     let mut n = 0;
-    while let Ok((_, len)) = journal::decode(records) {
-        records = &records[len..];
-        n += 1;
-    }
-    n
-}
-
-fn list_segments(dir: &Path) -> Result<Vec<Segment>, String> {
-    let mut out = Vec::new();
-    let entries = fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for entry in entries {
-        let path = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
-        if path.extension().is_none_or(|x| x != "seg") {
-            continue;
+    let mut failed = None;
+    journal::scan(bytes, |_, r| {
+        if let (Record::Usage { id, usage }, None) = (r, &failed) {
+            match w.append(&usage) {
+                Ok(got) if got == id => n += 1,
+                Ok(got) => failed = Some(format!("record {id} came back as {got}")),
+                Err(_) => failed = Some(format!("store full at id {id}")),
+            }
         }
-        let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let header = Header::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-        let seq = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.rsplit('-').next())
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("{}: unexpected segment name", path.display()))?;
-        out.push(Segment { path, header, seq });
+    });
+    match failed {
+        Some(e) => Err(format!("recovery: {e}")),
+        None => Ok(n),
     }
-    Ok(out)
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), String> {
@@ -249,11 +493,19 @@ fn move_aside(path: &Path, from: usize) -> Result<(), String> {
     let err = |e: std::io::Error| format!("{}: {e}", path.display());
     let aside = PathBuf::from(format!("{}.corrupt-{from}", path.display()));
     if from == 0 {
-        return fs::rename(path, &aside).map_err(err);
+        fs::rename(path, &aside).map_err(err)?;
+    } else {
+        let bytes = fs::read(path).map_err(err)?;
+        fs::write(&aside, &bytes[from..]).map_err(err)?;
+        fs::File::open(&aside)
+            .and_then(|f| f.sync_all())
+            .map_err(err)?;
+        truncate(path, from as u64)?;
     }
-    let bytes = fs::read(path).map_err(err)?;
-    fs::write(&aside, &bytes[from..]).map_err(err)?;
-    truncate(path, from as u64)
+    if let Some(dir) = path.parent() {
+        journal::sync_dir(dir).map_err(err)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -85,6 +85,7 @@ impl Harness {
                     Arc::clone(&store),
                     store.writer(0),
                     Arc::new(crate::metrics::Metrics::new(1)),
+                    Arc::new(Default::default()),
                 )
             },
             out: Vec::new(),
@@ -106,6 +107,7 @@ impl Harness {
             },
             draining: false,
             now_ms: 0,
+            durable: 0,
             metrics: &WORKER_METRICS,
             access: None,
             log_time: b"",

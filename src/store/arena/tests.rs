@@ -169,7 +169,7 @@ fn concurrent_readers_see_only_complete_records() {
                 let mut checked = 0u64;
                 let mut probe = r as u64;
                 while !done.load(Ordering::Acquire) || probe < N {
-                    let len = store.stripe_len(0, 1);
+                    let len = store.stripe_slots(0, 1).end;
                     if len == 0 {
                         continue;
                     }

@@ -1,6 +1,7 @@
 use super::*;
 use crate::json::scan::{Patient, Usage};
-use crate::store::journal::{Journal, SyncMode};
+use crate::store::committer::{self, Committer, Status};
+use crate::store::journal::SyncMode;
 use crate::time::Timestamp;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -43,29 +44,56 @@ fn opts(stripes: u32) -> Options {
     }
 }
 
-/// Store `n` usages through recovered writers with journals, as a run of `stripes` workers.
+/// Store `n` usages through recovered writers with journals, as a run of `stripes` workers
+/// that stops cleanly.
 fn run(dir: &Path, stripes: u32, n: u64) -> Vec<u64> {
     let r = recover(dir, opts(stripes)).unwrap();
     let mut ids = Vec::new();
     let mut writers = r.writers;
-    let (base, _) = *r.store.epochs().last().unwrap();
-    for (s, w) in writers.iter_mut().enumerate() {
-        let h = Header {
-            stripes,
-            stripe: s as u32,
-            base,
-        };
-        w.set_journal(Journal::open(dir, h, r.last_seq[s], SyncMode::Never).unwrap());
-    }
+    let committers: Vec<Committer> = writers
+        .iter_mut()
+        .enumerate()
+        .map(|(s, w)| {
+            w.enable_journal();
+            let c = r.journals[s];
+            let setup = committer::Setup {
+                dir: dir.to_path_buf(),
+                header: Header {
+                    stripes,
+                    stripe: s as u32,
+                    base: r.base,
+                },
+                seq: c.seq,
+                sync: SyncMode::Never,
+                segment_bytes: journal::SEGMENT_BYTES,
+                lease: c.lease,
+                last_id: c.last_id,
+                worker: s,
+            };
+            Committer::start(setup, Arc::new(Status::default()), Box::new(|| {})).unwrap()
+        })
+        .collect();
     let mut m = String::new();
     for i in 0..n {
         let w = &mut writers[(i % stripes as u64) as usize];
         ids.push(w.append(&usage(i, &mut m)).unwrap());
     }
-    for w in writers.iter_mut() {
-        w.journal_mut().unwrap().flush(Instant::now()).unwrap();
+    for (w, c) in writers.iter_mut().zip(committers) {
+        let last = w.batch_mut().map(|(b, id)| (std::mem::take(b), id));
+        c.stop(last);
     }
     ids
+}
+
+/// Offsets of the usage records of a segment.
+fn usage_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut v = Vec::new();
+    journal::scan(bytes, |at, r| {
+        if matches!(r, journal::Record::Usage { .. }) {
+            v.push(at)
+        }
+    });
+    v
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
@@ -129,8 +157,10 @@ fn a_torn_tail_is_cut_at_every_offset_of_the_last_record() {
     let seg = segments(&dir).remove(0);
     let whole = fs::read(&seg).unwrap();
     // The last record starts where the fourth ends.
-    let (end4, _, _) = scan(&whole[..whole.len() - 1]);
-    for cut in end4..whole.len() {
+    let end4 = usage_offsets(&whole)[4];
+    // The clean stop's last lease follows the last usage.
+    let end5 = end4 + journal::decode(&whole[end4..]).unwrap().1;
+    for cut in end4..end5 {
         fs::write(&seg, &whole[..cut]).unwrap();
         let r = recover(&dir, opts(1)).unwrap();
         assert_eq!(r.records, 4, "cut at {cut}");
@@ -157,14 +187,7 @@ fn corruption_in_the_middle_stops_the_start_unless_repair() {
     run(&dir, 1, 10);
     let seg = segments(&dir).remove(0);
     let mut bytes = fs::read(&seg).unwrap();
-    let (_, at3, _) = {
-        // Offset of the fourth record: walk three.
-        let mut at = HEADER_LEN;
-        for _ in 0..3 {
-            at += journal::decode(&bytes[at..]).unwrap().1;
-        }
-        (0, at, 0)
-    };
+    let at3 = usage_offsets(&bytes)[3];
     bytes[at3 + 10] ^= 0x40;
     fs::write(&seg, &bytes).unwrap();
     let err = recover(&dir, opts(1)).err().expect("refuses to start");

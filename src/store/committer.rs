@@ -1,0 +1,604 @@
+//! The journal thread: one per worker, so a slow or stuck disk never stops a worker's loop.
+//!
+//! The worker encodes a loop turn's records into a batch ([`super::StripeWriter`]) and hands it
+//! over with [`Committer::submit`] (a buffer swap under a lock taken once per turn, never per
+//! request); answers that wait for it stay in the worker's outbox. This thread writes the batch
+//! (one `write`), syncs as `--sync` says, records "batch N is written" in an atomic and wakes
+//! the worker, which then releases the answers. While one batch is written the next one
+//! gathers (group commit pipelines by itself). Two buffers ping-pong between the threads, so
+//! nothing is allocated in steady state.
+//!
+//! Ids are leased ahead: before a batch holds an id past the durable lease, a lease record for
+//! [`LEASE_SLOTS`] more slots is written and synced with it; see `journal.rs`.
+//!
+//! Failures: a batch that cannot be written (`ENOSPC`, `EIO`, a failed sync) is cut back out of
+//! the file and retried with backoff until it goes through, its answers still waiting; meanwhile
+//! the worker refuses new usages (`503`) and `/health` says why. The current segment deleted or
+//! replaced under us is noticed before each batch and its records are rewritten into a new
+//! segment. One log line per change of state.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::ids::MAX_ID;
+use super::journal::{self, Header, SyncMode};
+
+/// Slots of a stripe leased at a time: one extra sync per this many usages per stripe, and at
+/// most this many ids per stripe skipped after a crash.
+pub const LEASE_SLOTS: u64 = 1 << 20;
+/// `--sync interval`: the longest a written record waits for its `fdatasync`.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// A write or sync in flight longer than this (ms) counts as stalled: new usages get `503`.
+pub const STALL_MS: u64 = 1000;
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Why a journal cannot write now, as `/health` and `/metrics` say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Trouble {
+    None = 0,
+    DiskFull = 1,
+    Io = 2,
+    SegmentGone = 3,
+    Other = 4,
+}
+
+impl Trouble {
+    fn of(e: &io::Error) -> Trouble {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => Trouble::DiskFull,
+            Some(libc::EIO) => Trouble::Io,
+            _ if e.kind() == io::ErrorKind::NotFound => Trouble::SegmentGone,
+            _ => Trouble::Other,
+        }
+    }
+
+    fn from_u8(v: u8) -> Trouble {
+        match v {
+            0 => Trouble::None,
+            1 => Trouble::DiskFull,
+            2 => Trouble::Io,
+            3 => Trouble::SegmentGone,
+            _ => Trouble::Other,
+        }
+    }
+
+    /// The reason `/health` gives.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Trouble::None => "ok",
+            Trouble::DiskFull => "journal cannot write: disk full",
+            Trouble::Io => "journal cannot write: I/O error",
+            Trouble::SegmentGone => "journal cannot write: segment or directory missing",
+            Trouble::Other => "journal cannot write",
+        }
+    }
+}
+
+/// Milliseconds since the process's first look at this clock (`0` is never a busy mark).
+pub fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// What a journal thread shows the rest of the process (`/health`, `/metrics`). Written only by
+/// its journal thread (plain stores), read by anyone.
+#[derive(Debug, Default)]
+pub struct Status {
+    trouble: AtomicU8,
+    /// [`clock_ms`] when the batch being written was taken; 0 while idle.
+    busy_since_ms: AtomicU64,
+    pub errors: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub syncs: AtomicU64,
+    pub sync_ns: AtomicU64,
+}
+
+impl Status {
+    pub fn trouble(&self) -> Trouble {
+        Trouble::from_u8(self.trouble.load(Ordering::Relaxed))
+    }
+
+    /// How long the batch in flight has been in the works, if one is.
+    pub fn busy_for_ms(&self, now_ms: u64) -> u64 {
+        match self.busy_since_ms.load(Ordering::Relaxed) {
+            0 => 0,
+            t => now_ms.saturating_sub(t),
+        }
+    }
+}
+
+/// Everything a journal thread starts from (recovery knows it).
+pub struct Setup {
+    pub dir: PathBuf,
+    pub header: Header,
+    /// The new segment this run writes (one past the stripe's last).
+    pub seq: u32,
+    pub sync: SyncMode,
+    pub segment_bytes: u64,
+    /// The durable lease and the last id of the stripe so far.
+    pub lease: u64,
+    pub last_id: u64,
+    /// Printed in log lines (`worker N`).
+    pub worker: usize,
+}
+
+struct Batch {
+    seq: u64,
+    bytes: Vec<u8>,
+    last_id: u64,
+}
+
+#[derive(Default)]
+struct Handoff {
+    batch: Option<Batch>,
+    /// The buffer of the last batch written, cleared, for the worker's next turn.
+    spare: Option<Vec<u8>>,
+    stop: bool,
+}
+
+struct Shared {
+    handoff: Mutex<Handoff>,
+    cv: Condvar,
+    /// The highest batch number written (and synced as the mode says).
+    done: AtomicU64,
+    status: Arc<Status>,
+    wake: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Handoff> {
+        self.handoff.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The worker's end of its journal thread.
+pub struct Committer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    /// Batches handed over so far; the next batch is `submitted + 1`.
+    submitted: u64,
+    /// When the batch in flight was handed over ([`clock_ms`]).
+    submitted_ms: u64,
+}
+
+impl Committer {
+    /// Create this run's segment (so a data directory that cannot be written fails the start)
+    /// and start the thread. `wake` is called (from the journal thread) after each batch.
+    pub fn start(
+        setup: Setup,
+        status: Arc<Status>,
+        wake: Box<dyn Fn() + Send + Sync>,
+    ) -> io::Result<Committer> {
+        let segment = Segment::create(setup)?;
+        let shared = Arc::new(Shared {
+            handoff: Mutex::new(Handoff {
+                spare: Some(Vec::with_capacity(256 * 1024)),
+                ..Handoff::default()
+            }),
+            cv: Condvar::new(),
+            done: AtomicU64::new(0),
+            status,
+            wake,
+        });
+        let s = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(format!("usaged-journal-{}", segment.worker))
+            .spawn(move || run(&s, segment))?;
+        Ok(Committer {
+            shared,
+            thread: Some(thread),
+            submitted: 0,
+            submitted_ms: 0,
+        })
+    }
+
+    /// The highest batch number written.
+    pub fn durable(&self) -> u64 {
+        self.shared.done.load(Ordering::Acquire)
+    }
+
+    /// The number of the batch that records stored now go into.
+    pub fn filling(&self) -> u64 {
+        self.submitted + 1
+    }
+
+    /// No batch in flight.
+    pub fn idle(&self) -> bool {
+        self.durable() == self.submitted
+    }
+
+    /// How long the batch in flight has waited, in ms (0 when idle).
+    pub fn in_flight_ms(&self, now_ms: u64) -> u64 {
+        if self.idle() {
+            0
+        } else {
+            now_ms.saturating_sub(self.submitted_ms)
+        }
+    }
+
+    pub fn status(&self) -> &Status {
+        &self.shared.status
+    }
+
+    /// Hand `batch` (ending with id `last_id`) to the thread if it is idle; `batch` becomes an
+    /// empty buffer to fill next. Returns whether it was handed over.
+    pub fn submit(&mut self, batch: &mut Vec<u8>, last_id: u64) -> bool {
+        if batch.is_empty() || !self.idle() {
+            return false;
+        }
+        let mut h = self.shared.lock();
+        let spare = h.spare.take().unwrap_or_default();
+        let bytes = std::mem::replace(batch, spare);
+        self.submitted += 1;
+        self.submitted_ms = clock_ms();
+        h.batch = Some(Batch {
+            seq: self.submitted,
+            bytes,
+            last_id,
+        });
+        drop(h);
+        self.shared.cv.notify_one();
+        true
+    }
+
+    /// Finish: the thread writes what it was given and `last` (the records stored since the
+    /// last hand-over, and their last id), giving up on a batch that keeps failing; then it
+    /// releases the lease, syncs, and is joined.
+    pub fn stop(mut self, last: Option<(Vec<u8>, u64)>) {
+        let mut h = self.shared.lock();
+        if let Some((bytes, last_id)) = last.filter(|(b, _)| !b.is_empty()) {
+            match &mut h.batch {
+                Some(b) => {
+                    b.bytes.extend_from_slice(&bytes);
+                    b.last_id = last_id;
+                }
+                None => {
+                    h.batch = Some(Batch {
+                        seq: self.submitted + 1,
+                        bytes,
+                        last_id,
+                    })
+                }
+            }
+        }
+        h.stop = true;
+        drop(h);
+        self.shared.cv.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(shared: &Shared, mut seg: Segment) {
+    let status = &shared.status;
+    loop {
+        let mut h = shared.lock();
+        let batch = loop {
+            if let Some(b) = h.batch.take() {
+                break Some(b);
+            }
+            if h.stop {
+                break None;
+            }
+            match seg.sync_due_in(Instant::now()) {
+                Some(d) if d.is_zero() => break None,
+                Some(d) => {
+                    h = shared
+                        .cv
+                        .wait_timeout(h, d)
+                        .map_or_else(|p| p.into_inner().0, |r| r.0)
+                }
+                None => h = shared.cv.wait(h).unwrap_or_else(|p| p.into_inner()),
+            }
+        };
+        let stop = h.stop;
+        drop(h);
+        match batch {
+            Some(mut b) => {
+                status.busy_since_ms.store(clock_ms(), Ordering::Relaxed);
+                let written = persist(shared, &mut seg, |s| s.write_batch(&b.bytes, b.last_id));
+                status.busy_since_ms.store(0, Ordering::Relaxed);
+                if !written {
+                    return; // stopping with a batch that cannot be written: its answers never go
+                }
+                b.bytes.clear();
+                shared.lock().spare = Some(b.bytes);
+                shared.done.store(b.seq, Ordering::Release);
+                (shared.wake)();
+            }
+            None if stop => {
+                persist(shared, &mut seg, Segment::finish);
+                return;
+            }
+            None => {
+                persist(shared, &mut seg, Segment::sync);
+            }
+        }
+        seg.publish(status);
+    }
+}
+
+/// Run `op` until it succeeds, with backoff; the first failure and the recovery are logged and
+/// shown in the status. Gives up (false) only when told to stop.
+fn persist(
+    shared: &Shared,
+    seg: &mut Segment,
+    mut op: impl FnMut(&mut Segment) -> io::Result<()>,
+) -> bool {
+    let status = &shared.status;
+    let mut backoff = BACKOFF_MIN;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        match op(seg) {
+            Ok(()) => {
+                if let Some(t) = failing_since {
+                    status.trouble.store(Trouble::None as u8, Ordering::Relaxed);
+                    eprintln!(
+                        "usaged: worker {}: journal recovered after {:.1} s",
+                        seg.worker,
+                        t.elapsed().as_secs_f64()
+                    );
+                    (shared.wake)();
+                }
+                return true;
+            }
+            Err(e) => {
+                status.errors.fetch_add(1, Ordering::Relaxed);
+                let trouble = Trouble::of(&e);
+                if failing_since.is_none() || status.trouble() != trouble {
+                    eprintln!(
+                        "usaged: worker {}: journal failing: {e} (segment {}); usages get 503 until it recovers, retrying",
+                        seg.worker,
+                        seg.path.display()
+                    );
+                    status.trouble.store(trouble as u8, Ordering::Relaxed);
+                    (shared.wake)();
+                }
+                failing_since.get_or_insert_with(Instant::now);
+                let h = shared.lock();
+                if h.stop {
+                    eprintln!(
+                        "usaged: worker {}: journal still failing at shutdown; unwritten usages were not acknowledged",
+                        seg.worker
+                    );
+                    return false;
+                }
+                drop(shared.cv.wait_timeout(h, backoff));
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// The segment a journal thread appends to, and what it knows about it.
+struct Segment {
+    dir: PathBuf,
+    header: Header,
+    seq: u32,
+    path: PathBuf,
+    file: File,
+    /// INVARIANT: the file holds exactly `len` bytes of whole records (after a failed write it
+    /// is cut back here before anything else is written; `cut_to` remembers a cut still owed).
+    len: u64,
+    cut_to: Option<u64>,
+    sync: SyncMode,
+    segment_bytes: u64,
+    unsynced: bool,
+    last_sync: Instant,
+    /// The durable lease, and the last id written.
+    lease: u64,
+    last_id: u64,
+    worker: usize,
+    bytes_written: u64,
+    syncs: u64,
+    sync_ns: u64,
+    scratch: Vec<u8>,
+}
+
+impl Segment {
+    fn create(s: Setup) -> io::Result<Segment> {
+        let (file, len) = journal::create_segment(&s.dir, &s.header, s.seq, s.lease)?;
+        Ok(Segment {
+            path: s.dir.join(journal::segment_name(&s.header, s.seq)),
+            dir: s.dir,
+            header: s.header,
+            seq: s.seq,
+            file,
+            len,
+            cut_to: None,
+            sync: s.sync,
+            segment_bytes: s.segment_bytes,
+            unsynced: false,
+            last_sync: Instant::now(),
+            lease: s.lease,
+            last_id: s.last_id,
+            worker: s.worker,
+            bytes_written: 0,
+            syncs: 0,
+            sync_ns: 0,
+            scratch: Vec::with_capacity(journal::MIN_RECORD),
+        })
+    }
+
+    /// Append a batch (and a lease before it when its ids pass the lease); sync as the mode
+    /// says, and always when the lease moved. On error the file is cut back to where it was.
+    fn write_batch(&mut self, bytes: &[u8], last_id: u64) -> io::Result<()> {
+        self.ready()?;
+        let start = self.len;
+        let result = self.append_batch(bytes, last_id);
+        if result.is_err() {
+            self.cut_to = Some(start);
+            let _ = self.cut();
+        }
+        result
+    }
+
+    fn append_batch(&mut self, bytes: &[u8], last_id: u64) -> io::Result<()> {
+        let mut must_sync = self.sync == SyncMode::Always;
+        let mut lease = None;
+        if last_id > self.lease {
+            let step = LEASE_SLOTS * u64::from(self.header.stripes);
+            let l = last_id.saturating_add(step).min(MAX_ID - 1);
+            self.scratch.clear();
+            journal::encode_lease(&mut self.scratch, l);
+            self.file.write_all(&self.scratch)?;
+            self.len += self.scratch.len() as u64;
+            lease = Some(l);
+            must_sync = true;
+        }
+        self.file.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        self.bytes_written += bytes.len() as u64;
+        self.unsynced = true;
+        if must_sync {
+            self.sync()?;
+        }
+        if let Some(l) = lease {
+            self.lease = l;
+        }
+        self.last_id = last_id;
+        Ok(())
+    }
+
+    /// Before a write: make good a cut still owed, notice a deleted or replaced segment
+    /// (rewriting its records into a new one), and roll over a full segment.
+    fn ready(&mut self) -> io::Result<()> {
+        self.cut()?;
+        let meta = self.file.metadata()?;
+        let replaced = match std::fs::metadata(&self.path) {
+            Ok(m) => m.ino() != meta.ino() || m.dev() != meta.dev(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+            Err(e) => return Err(e),
+        };
+        if meta.nlink() == 0 || replaced {
+            return self.relink();
+        }
+        if self.len >= self.segment_bytes {
+            self.roll()?;
+        }
+        Ok(())
+    }
+
+    fn cut(&mut self) -> io::Result<()> {
+        if let Some(at) = self.cut_to {
+            self.file.set_len(at)?;
+            self.len = at;
+            self.cut_to = None;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        let t = Instant::now();
+        self.file.sync_data()?;
+        self.sync_ns += t.elapsed().as_nanos() as u64;
+        self.syncs += 1;
+        self.unsynced = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// `--sync interval`: when the written records are due for their sync.
+    fn sync_due_in(&self, now: Instant) -> Option<Duration> {
+        (self.unsynced && self.sync == SyncMode::Interval)
+            .then(|| (self.last_sync + SYNC_INTERVAL).saturating_duration_since(now))
+    }
+
+    /// Seal this segment and continue in the next one.
+    #[cold]
+    fn roll(&mut self) -> io::Result<()> {
+        if self.sync != SyncMode::Never {
+            self.sync()?;
+        }
+        let (file, len) =
+            journal::create_segment(&self.dir, &self.header, self.seq + 1, self.lease)?;
+        self.seq += 1;
+        self.path = self.dir.join(journal::segment_name(&self.header, self.seq));
+        self.file = file;
+        self.len = len;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Our segment was deleted or replaced: its records live on only in our open file. Copy
+    /// them into a new segment (synced), and continue there.
+    #[cold]
+    fn relink(&mut self) -> io::Result<()> {
+        let old = journal::HEADER_LEN as u64;
+        let records = self.len.saturating_sub(old);
+        let mut seq = self.seq + 1;
+        while self
+            .dir
+            .join(journal::segment_name(&self.header, seq))
+            .exists()
+        {
+            seq += 1;
+        }
+        let (mut file, mut len) =
+            journal::create_segment(&self.dir, &self.header, seq, self.lease)?;
+        let mut buf = vec![0; 1 << 20];
+        let mut at = old;
+        while at < old + records {
+            let n = ((old + records - at) as usize).min(buf.len());
+            self.file.read_exact_at(&mut buf[..n], at)?;
+            file.write_all(&buf[..n])?;
+            at += n as u64;
+            len += n as u64;
+        }
+        file.sync_data()?;
+        eprintln!(
+            "usaged: worker {}: journal segment {} was deleted or replaced; its {} bytes of records were rewritten to {}",
+            self.worker,
+            self.path.display(),
+            records,
+            journal::segment_name(&self.header, seq)
+        );
+        self.seq = seq;
+        self.path = self.dir.join(journal::segment_name(&self.header, seq));
+        self.file = file;
+        self.len = len;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// A clean stop: a last lease equal to the last id (so the next start continues this
+    /// epoch), synced.
+    fn finish(&mut self) -> io::Result<()> {
+        if self.lease > self.last_id {
+            self.ready()?;
+            self.scratch.clear();
+            journal::encode_lease(&mut self.scratch, self.last_id.max(1));
+            let start = self.len;
+            let written = self.file.write_all(&self.scratch);
+            if let Err(e) = written {
+                self.cut_to = Some(start);
+                let _ = self.cut();
+                return Err(e);
+            }
+            self.len += self.scratch.len() as u64;
+            self.unsynced = true;
+            self.lease = self.last_id;
+        }
+        self.sync()
+    }
+
+    fn publish(&self, status: &Status) {
+        status
+            .bytes_written
+            .store(self.bytes_written, Ordering::Relaxed);
+        status.syncs.store(self.syncs, Ordering::Relaxed);
+        status.sync_ns.store(self.sync_ns, Ordering::Relaxed);
+    }
+}
