@@ -313,18 +313,29 @@ impl Tally {
         format!(
             "{} acknowledged, {} told 503 (draining), {} connections seen closed (FIN) before a \
              send, {} not processed after a Connection: close answer, {} sent and unanswered \
-             (EOF), {} errors (resets) {:?}, {} unexpected answers {:?}, {} refused connects",
+             (EOF or error) {:?}, {} errors (resets) {:?}, {} unexpected answers {:?}, {} \
+             refused connects",
             self.acked.len(),
             self.unavailable.len(),
             self.fin_before_send,
             self.after_close.len(),
             self.unanswered.len(),
+            first(&self.unanswered),
             self.errors.len(),
             first(&self.errors),
             self.unexpected.len(),
             first(&self.unexpected),
             self.refused
         )
+    }
+}
+
+/// Where on its connection a request was: a fresh connection's first request tells a server
+/// that closed a connection before reading anything from one that closed a used one.
+fn nth(answered: usize) -> String {
+    match answered {
+        0 => "(first request on a fresh connection)".into(),
+        n => format!("(after {n} answers on its connection)"),
     }
 }
 
@@ -374,6 +385,8 @@ fn load_client(tag: &str, l: &Load) -> Tally {
             .unwrap();
         let mut writer = stream.try_clone().unwrap();
         let mut reader = BufReader::new(stream);
+        // Requests answered on this connection so far (0: its first write is in flight).
+        let mut answered = 0usize;
         while !l.stop.load(Ordering::Relaxed) {
             if !reader.buffer().is_empty() {
                 t.errors.push("bytes nobody asked for".into());
@@ -446,16 +459,20 @@ fn load_client(tag: &str, l: &Load) -> Tally {
                         ended = closes(&r);
                     }
                     Answer::Eof => {
-                        t.unanswered.push(pid);
+                        t.unanswered.push(format!("{pid} {}", nth(answered)));
                         ended = true;
                     }
                     Answer::Failed(e) => {
-                        t.errors
-                            .push(format!("{:?} reading an answer: {e}", e.kind()));
-                        t.unanswered.push(pid);
+                        t.errors.push(format!(
+                            "{:?} reading an answer {}: {e}",
+                            e.kind(),
+                            nth(answered)
+                        ));
+                        t.unanswered.push(format!("{pid} {}", nth(answered)));
                         ended = true;
                     }
                 }
+                answered += 1;
             }
             if ended {
                 continue 'conns;
