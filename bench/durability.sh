@@ -55,7 +55,10 @@ fs="$(stat -f -c %T "$data_root") on $(df -P "$data_root" | awk 'NR == 2 {print 
 sync_line=$("$RELEASE/examples/fsync_latency" --dir "$data_root" --count "$syncs")
 sync_us=$(sed -n 's/.*median_us=\([0-9.]*\).*/\1/p' <<<"$sync_line")
 echo "$sync_line ($fs)" >"$WORK/fsync.txt"
-echo "fs: $fs" >>"$OUT/machine.txt"
+{
+  echo "fs: $fs"
+  echo "pinning: usaged --threads 1 on CPU $server_cpu, wrk -t1 on CPU $load_cpu"
+} >>"$OUT/machine.txt"
 
 # run_one MODE SCENARIO: one wrk run against the server started for MODE; appends
 # "mode scenario rps cpu_us bad p50 p99" to rows.txt.
