@@ -112,7 +112,7 @@ impl Default for Config {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
-    Serve(Config),
+    Serve(Box<Config>),
     Export {
         data_dir: PathBuf,
         format: ExportFormat,
@@ -197,7 +197,7 @@ pub fn parse(
             _ => return Err(format!("unknown flag {arg:?} (see --help)")),
         }
     }
-    Ok(Command::Serve(c))
+    Ok(Command::Serve(Box::new(c)))
 }
 
 fn parse_export(args: impl Iterator<Item = String>) -> Result<Command, String> {
@@ -259,7 +259,7 @@ mod tests {
 
     #[test]
     fn defaults_env_and_flags() {
-        assert_eq!(parse(args(""), None), Ok(Command::Serve(Config::default())));
+        assert_eq!(parse(args(""), None), Ok(Command::Serve(Box::default())));
         let Ok(Command::Serve(c)) = parse(args(""), Some("8080")) else {
             panic!()
         };

@@ -5,9 +5,13 @@
 //! the connection's buffer, then [`http::request`] frames every complete request in it (head via
 //! `httparse`, body by `Content-Length` or [`http::chunked`]) without copying, [`app::router`]
 //! picks the route, [`json::scan`] and [`time::parse()`] validate a posted usage, and
-//! [`store::arena`] appends it to this worker's stripe and hands out its id. Each answer is
-//! appended to the worker's output buffer ([`http::response`]); after the last complete request
-//! the whole batch leaves in one `write`.
+//! [`store::arena`] appends it to this worker's stripe, hands out its id and encodes its journal
+//! record into the worker's batch ([`store::journal`] is the format). Each answer is appended to
+//! the worker's [`server::outbox`], tagged with the journal batch it depends on. At the end of
+//! the loop turn the batch goes to the worker's journal thread ([`store::committer`]), which
+//! writes (and syncs) it and wakes the worker; only then do the answers that waited for it leave,
+//! one `write` per connection. Answers that depend on nothing (a `GET`) leave at the end of
+//! their turn.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 

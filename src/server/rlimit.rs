@@ -1,5 +1,6 @@
-//! The open-file limit: raised from soft to hard at start, so connections, not a default of
-//! 1024, decide how many clients a worker holds.
+//! Process limits and scheduling: the open-file limit, raised from soft to hard at start (so
+//! connections, not a default of 1024, decide how many clients a worker holds), and the batch
+//! scheduling class of the journal threads.
 
 use std::io;
 
@@ -30,6 +31,19 @@ pub fn raise_open_files() -> io::Result<(u64, u64)> {
         }
     }
     Ok((soft, open_files()?.0))
+}
+
+/// Put the calling thread in `SCHED_BATCH`: its wake-ups do not preempt the worker that woke
+/// it, so a journal thread sharing a CPU with its worker runs when the worker waits for events,
+/// and a batch gathers every request of the worker's turn instead of a few.
+pub fn batch_scheduling() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a live, initialised `sched_param`; the kernel only reads it; pid 0 is
+    // the calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

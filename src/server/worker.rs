@@ -1,6 +1,6 @@
 //! One worker: a thread pinned to one CPU, its own `mio` poll and `SO_REUSEPORT` listener, its
 //! own connections, outbox, `Date` cache, timer wheel, stripe of the store and journal thread.
-//! A loop turn reads as its phases ([`Worker::turn`]): wait → clock → events (accept, drive) →
+//! A loop turn reads as its phases (`Worker::turn`): wait → clock → events (accept, drive) →
 //! timers → commit (hand the turn's records to the journal thread) → release (answers whose
 //! records are written leave; connections that stopped with full output go on) → accept retry
 //! → shutdown.
@@ -190,7 +190,17 @@ struct Worker {
 impl Worker {
     /// One loop turn, as its phases. Returns false when the worker is done.
     fn turn(&mut self, poll: &mut Poll, events: &mut Events, app: &mut App) -> bool {
-        if let Err(e) = poll.poll(events, self.poll_timeout()) {
+        let mut timeout = self.poll_timeout();
+        if let Some(c) = &self.committer
+            && !c.before_sleep(self.outbox.durable())
+        {
+            timeout = Some(Duration::ZERO); // a batch was just written: release its answers
+        }
+        let polled = poll.poll(events, timeout);
+        if let Some(c) = &self.committer {
+            c.after_sleep();
+        }
+        if let Err(e) = polled {
             if e.kind() == io::ErrorKind::Interrupted {
                 return true;
             }
@@ -358,7 +368,16 @@ impl Worker {
                 .writer
                 .batch_mut()
                 .map(|(b, id)| (std::mem::take(b), id));
-            c.stop(last);
+            let deadline = self
+                .draining
+                .unwrap_or_else(|| Instant::now() + self.shutdown_timeout)
+                .max(Instant::now() + Duration::from_millis(500));
+            if !c.stop(last, deadline) {
+                eprintln!(
+                    "usaged: worker {}: the journal thread is stuck in a write or sync; exiting without it (what it holds was never acknowledged)",
+                    self.index
+                );
+            }
         }
     }
 

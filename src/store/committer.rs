@@ -21,7 +21,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -36,6 +36,8 @@ pub const LEASE_SLOTS: u64 = 1 << 20;
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// A write or sync in flight longer than this (ms) counts as stalled: new usages get `503`.
 pub const STALL_MS: u64 = 1000;
+/// How often the journal looks whether its segment was deleted or replaced (two `stat`s).
+const LINK_CHECK: Duration = Duration::from_millis(50);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -151,6 +153,9 @@ struct Shared {
     done: AtomicU64,
     status: Arc<Status>,
     wake: Box<dyn Fn() + Send + Sync>,
+    /// The worker is about to wait for events (or waits): wake it when a batch is written.
+    /// Otherwise it sees `done` at its next turn, and no wake-up is spent.
+    sleeping: AtomicBool,
 }
 
 impl Shared {
@@ -163,6 +168,8 @@ impl Shared {
 pub struct Committer {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Says when the thread is done (so a stop can wait with a deadline).
+    finished: std::sync::mpsc::Receiver<()>,
     /// Batches handed over so far; the next batch is `submitted + 1`.
     submitted: u64,
     /// When the batch in flight was handed over ([`clock_ms`]).
@@ -187,14 +194,22 @@ impl Committer {
             done: AtomicU64::new(0),
             status,
             wake,
+            sleeping: AtomicBool::new(false),
         });
         let s = Arc::clone(&shared);
+        let (finished, done) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("usaged-journal-{}", segment.worker))
-            .spawn(move || run(&s, segment))?;
+            .spawn(move || {
+                // Best effort: without it batches are smaller, nothing is wrong.
+                let _ = crate::server::rlimit::batch_scheduling();
+                run(&s, segment);
+                let _ = finished.send(());
+            })?;
         Ok(Committer {
             shared,
             thread: Some(thread),
+            finished: done,
             submitted: 0,
             submitted_ms: 0,
         })
@@ -228,6 +243,21 @@ impl Committer {
         &self.shared.status
     }
 
+    /// The worker is going to wait for events: returns false when a batch was written since
+    /// `durable` (then it should not sleep). Paired with the journal thread's store of `done`
+    /// then load of `sleeping` (both `SeqCst`), one of the two always sees the other.
+    pub fn before_sleep(&self, durable: u64) -> bool {
+        if self.idle() && durable == self.submitted {
+            return true; // nothing in flight: nothing will need waking for
+        }
+        self.shared.sleeping.store(true, Ordering::SeqCst);
+        self.shared.done.load(Ordering::SeqCst) == durable
+    }
+
+    pub fn after_sleep(&self) {
+        self.shared.sleeping.store(false, Ordering::Relaxed);
+    }
+
     /// Hand `batch` (ending with id `last_id`) to the thread if it is idle; `batch` becomes an
     /// empty buffer to fill next. Returns whether it was handed over.
     pub fn submit(&mut self, batch: &mut Vec<u8>, last_id: u64) -> bool {
@@ -251,8 +281,9 @@ impl Committer {
 
     /// Finish: the thread writes what it was given and `last` (the records stored since the
     /// last hand-over, and their last id), giving up on a batch that keeps failing; then it
-    /// releases the lease, syncs, and is joined.
-    pub fn stop(mut self, last: Option<(Vec<u8>, u64)>) {
+    /// releases the lease, syncs, and is joined. A thread stuck in a system call past
+    /// `deadline` is left behind (the process exits without it): returns false then.
+    pub fn stop(mut self, last: Option<(Vec<u8>, u64)>, deadline: Instant) -> bool {
         let mut h = self.shared.lock();
         if let Some((bytes, last_id)) = last.filter(|(b, _)| !b.is_empty()) {
             match &mut h.batch {
@@ -272,8 +303,16 @@ impl Committer {
         h.stop = true;
         drop(h);
         self.shared.cv.notify_one();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let Some(t) = self.thread.take() else {
+            return true;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.finished.recv_timeout(left) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
+            _ => {
+                let _ = t.join();
+                true
+            }
         }
     }
 }
@@ -312,8 +351,10 @@ fn run(shared: &Shared, mut seg: Segment) {
                 }
                 b.bytes.clear();
                 shared.lock().spare = Some(b.bytes);
-                shared.done.store(b.seq, Ordering::Release);
-                (shared.wake)();
+                shared.done.store(b.seq, Ordering::SeqCst);
+                if shared.sleeping.load(Ordering::SeqCst) {
+                    (shared.wake)();
+                }
             }
             None if stop => {
                 persist(shared, &mut seg, Segment::finish);
@@ -394,6 +435,8 @@ struct Segment {
     segment_bytes: u64,
     unsynced: bool,
     last_sync: Instant,
+    /// When the segment's name was last checked (deleted or replaced?).
+    link_checked: Instant,
     /// The durable lease, and the last id written.
     lease: u64,
     last_id: u64,
@@ -419,6 +462,7 @@ impl Segment {
             segment_bytes: s.segment_bytes,
             unsynced: false,
             last_sync: Instant::now(),
+            link_checked: Instant::now(),
             lease: s.lease,
             last_id: s.last_id,
             worker: s.worker,
@@ -473,6 +517,13 @@ impl Segment {
     /// (rewriting its records into a new one), and roll over a full segment.
     fn ready(&mut self) -> io::Result<()> {
         self.cut()?;
+        if self.len >= self.segment_bytes {
+            self.roll()?;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.link_checked) < LINK_CHECK {
+            return Ok(());
+        }
         let meta = self.file.metadata()?;
         let replaced = match std::fs::metadata(&self.path) {
             Ok(m) => m.ino() != meta.ino() || m.dev() != meta.dev(),
@@ -480,11 +531,9 @@ impl Segment {
             Err(e) => return Err(e),
         };
         if meta.nlink() == 0 || replaced {
-            return self.relink();
+            self.relink()?; // on failure: looked at again before the next try
         }
-        if self.len >= self.segment_bytes {
-            self.roll()?;
-        }
+        self.link_checked = now;
         Ok(())
     }
 

@@ -1,20 +1,20 @@
 //! Recovery: read every journal segment, check every record, and rebuild the store, so every
 //! acknowledged usage is readable again and no id is handed out twice. In named phases:
 //!
-//! 1. [`list`]: find the segments. A `*.tmp` file (a segment whose creation a crash cut short)
+//! 1. `list`: find the segments. A `*.tmp` file (a segment whose creation a crash cut short)
 //!    and a file shorter than a header hold no records and are removed. A header that fails its
 //!    checks, or disagrees with its file name, is corruption.
-//! 2. [`check_stripe`]: walk each stripe's segments in order. Records must continue slot by
+//! 2. `check_stripe`: walk each stripe's segments in order. Records must continue slot by
 //!    slot (a missing segment in the middle is corruption; a missing beginning is reported). A
 //!    torn tail (see [`journal::scan`]) is cut back with a warning; corruption stops the start
 //!    with an error naming file and offset, unless `repair`: then everything before it is kept
 //!    and the rest of the stripe is moved aside as `*.corrupt-OFFSET`.
-//! 3. [`plan`]: the epochs, ordered by the ids they hold (empty ones are dropped). The last
+//! 3. `plan`: the epochs, ordered by the ids they hold (empty ones are dropped). The last
 //!    epoch continues only when this run has its stripe count and none of its stripes may have
 //!    handed out ids past its last record (a lease ahead of it, or a repair that moved records
 //!    aside); otherwise a new epoch starts past every id and lease seen, and past every id the
 //!    moved-aside bytes could hold.
-//! 4. [`build`]: the store, refilled record by record through the stripes' writers.
+//! 4. `build`: the store, refilled record by record through the stripes' writers.
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -80,7 +80,10 @@ fn run(dir: &Path, stripes: u32, n: u64) -> Vec<u64> {
     }
     for (w, c) in writers.iter_mut().zip(committers) {
         let last = w.batch_mut().map(|(b, id)| (std::mem::take(b), id));
-        c.stop(last);
+        c.stop(
+            last,
+            std::time::Instant::now() + std::time::Duration::from_secs(10),
+        );
     }
     ids
 }
