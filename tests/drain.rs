@@ -451,7 +451,9 @@ fn load_client(tag: &str, l: &Load) -> Tally {
                             && r.header("content-type") == Some("application/json") =>
                     {
                         t.unavailable.push(pid);
-                        ended = true;
+                        // Directly the server closes; a proxy keeps our connection (and
+                        // serves the requests pipelined after this one).
+                        ended = closes(&r);
                     }
                     Answer::Got(r) => {
                         t.unexpected
