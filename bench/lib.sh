@@ -27,7 +27,8 @@ start_usaged() {
   taskset -c "$cpu" "$RELEASE/usaged" --port 0 --bind 127.0.0.1 --data-dir "$WORK/data" "$@" 2>"$log" &
   USAGED_PID=$!
   for _ in $(seq 1 500); do
-    if grep -q '^listening on' "$log"; then
+    # The whole line: stderr is unbuffered, so it may be read half written.
+    if grep -q '^listening on .* workers)$' "$log"; then
       USAGED_PORT=$(sed -n 's/^listening on [0-9.]*:\([0-9]*\).*/\1/p' "$log")
       return 0
     fi
