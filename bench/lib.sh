@@ -1,5 +1,10 @@
 # Shared helpers for bench/*.sh (sourced, not run).
 
+# Where cargo puts the release build (CARGO_TARGET_DIR honoured, as cargo does).
+RELEASE=${CARGO_TARGET_DIR:-target}
+[[ $RELEASE == /* ]] || RELEASE="$ROOT/$RELEASE"
+RELEASE="$RELEASE/release"
+
 # Install what the benches use, from Debian, when missing.
 ensure_tools() {
   local missing=()
@@ -19,10 +24,11 @@ start_usaged() {
   local log="$WORK/usaged.err"
   # A fresh journal per run (the default, --sync interval); flags given later override it.
   rm -rf "$WORK/data"
-  taskset -c "$cpu" "$ROOT/target/release/usaged" --port 0 --bind 127.0.0.1 --data-dir "$WORK/data" "$@" 2>"$log" &
+  taskset -c "$cpu" "$RELEASE/usaged" --port 0 --bind 127.0.0.1 --data-dir "$WORK/data" "$@" 2>"$log" &
   USAGED_PID=$!
   for _ in $(seq 1 500); do
-    if grep -q '^listening on' "$log"; then
+    # The whole line: stderr is unbuffered, so it may be read half written.
+    if grep -q '^listening on .* workers)$' "$log"; then
       USAGED_PORT=$(sed -n 's/^listening on [0-9.]*:\([0-9]*\).*/\1/p' "$log")
       return 0
     fi

@@ -290,6 +290,12 @@ impl Conn {
         self.buf
     }
 
+    /// Accepted less than a second ago and nothing read yet: its first request may be on the
+    /// way (a proxy opens connections before it has requests for them).
+    pub fn fresh(&self, now_ms: u64) -> bool {
+        self.last_read.is_none() && now_ms < self.active_ms + 1000
+    }
+
     /// No request in progress and nothing to send: safe to close when shutting down.
     pub fn is_idle(&self) -> bool {
         self.start == self.end && self.unsent.is_empty() && self.lingering.is_none()

@@ -79,6 +79,36 @@ fn set_flag(fd: &OwnedFd, opt: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
+/// Let no new handshake complete on `l` (a socket filter that drops every packet), so its
+/// backlog stops growing before it is closed; connections already queued can still be
+/// accepted. Clients whose SYN is dropped retry it, and by then find the port closed.
+pub fn refuse_new(l: &impl AsRawFd) -> io::Result<()> {
+    // BPF: `ret #0` (keep 0 bytes of each packet: drop it).
+    let mut drop_all = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: drop_all.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at `drop_all`, a live one-instruction program whose length it
+    // states; both outlive the call, which copies the program; the length passed is the
+    // size of `sock_fprog`.
+    cvt(unsafe {
+        libc::setsockopt(
+            l.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const prog).cast(),
+            mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
 /// `count` listeners on `addr`, all on the same port: with port 0, the first one picks a free
 /// port and the others bind the port it got.
 pub fn bind_all(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> {
@@ -187,6 +217,29 @@ mod tests {
         assert!(e.to_string().contains("already in use"));
         drop(ls);
         assert!(ensure_free(addr).is_ok(), "free again once closed");
+    }
+
+    /// If the filter were malformed, attaching it would fail; if it did not drop, the second
+    /// connection would be accepted.
+    #[test]
+    fn a_refusing_listener_completes_no_new_handshake() {
+        let l = bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let before = TcpStream::connect(addr).unwrap();
+        refuse_new(&l).unwrap();
+        let after = std::thread::spawn(move || {
+            TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300))
+        });
+        // The connection queued before is still there to accept.
+        let accepted = loop {
+            match l.accept() {
+                Ok(s) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(accepted.1, before.local_addr().unwrap());
+        assert!(after.join().unwrap().is_err(), "no handshake completes");
     }
 
     #[test]

@@ -617,7 +617,9 @@ impl Worker {
         let Some(deadline) = self.draining else {
             return false;
         };
-        self.close_idle();
+        self.close_idle(app);
+        self.commit(app);
+        self.release(app);
         (self.open == 0 && self.outbox.is_empty()) || now >= deadline
     }
 
@@ -625,6 +627,18 @@ impl Worker {
     /// after); from now on its new requests get `503` and a close.
     fn start_drain(&mut self, poll: &Poll, app: &mut App, deadline: Instant) {
         self.draining = Some(deadline);
+        // Closing a listener resets the connections waiting in its backlog: first let no new
+        // handshake complete (clients retry their SYN, and find the port closed), then take
+        // what is queued and serve it like the rest.
+        if let Some(l) = &self.listener
+            && let Err(e) = super::listener::refuse_new(l)
+        {
+            eprintln!(
+                "usaged: worker {}: cannot stop new handshakes: {e}",
+                self.index
+            );
+        }
+        self.accept(poll);
         if let Some(mut l) = self.listener.take() {
             let _ = poll.registry().deregister(&mut l);
         }
@@ -641,16 +655,28 @@ impl Worker {
         self.release(app);
     }
 
-    /// While draining: connections with nothing in progress and nothing waiting are closed
-    /// with a FIN (then read until the client closes: never a reset over unread bytes).
-    fn close_idle(&mut self) {
-        let durable = self.outbox.durable();
+    /// While draining: connections with nothing in progress and nothing waiting are read
+    /// once more (a request that came in is answered, `503` and a close), then closed with a
+    /// FIN and read until the client closes: never a reset over unread bytes. A connection
+    /// that has sent nothing yet gets a second to send its first request.
+    fn close_idle(&mut self, app: &mut App) {
+        let linger = self.limits.timeouts.linger_ms;
         for i in 0..self.slots.len() {
-            let linger = self.limits.timeouts.linger_ms;
+            let idle = |w: &Self| match w.slots[i].conn.as_ref() {
+                Some((_, c)) => c.is_idle() && c.wait <= w.outbox.durable(),
+                None => false,
+            };
+            if !idle(self) {
+                continue;
+            }
+            let generation = self.slots[i].generation;
+            self.drive(token(i, generation), true, false, app);
+            if !idle(self) {
+                continue;
+            }
+            let now = self.now_ms;
             let next = match self.slots[i].conn.as_mut() {
-                Some((_, c)) if c.is_idle() && c.wait <= durable => {
-                    c.close_gracefully(self.now_ms, linger)
-                }
+                Some((_, c)) if !c.fresh(now) => c.close_gracefully(now, linger),
                 _ => continue,
             };
             self.after(i, next);

@@ -506,6 +506,11 @@ impl Segment {
         if must_sync {
             self.sync()?;
         }
+        // Deleted while we wrote? Then these records live only in our open file: copy them
+        // into a new segment before their answers go (one `fstat` per batch).
+        if self.file.metadata()?.nlink() == 0 {
+            self.relink()?;
+        }
         if let Some(l) = lease {
             self.lease = l;
         }
@@ -597,16 +602,24 @@ impl Segment {
         }
         let (mut file, mut len) =
             journal::create_segment(&self.dir, &self.header, seq, self.lease)?;
+        let new_path = self.dir.join(journal::segment_name(&self.header, seq));
         let mut buf = vec![0; 1 << 20];
         let mut at = old;
-        while at < old + records {
-            let n = ((old + records - at) as usize).min(buf.len());
-            self.file.read_exact_at(&mut buf[..n], at)?;
-            file.write_all(&buf[..n])?;
-            at += n as u64;
-            len += n as u64;
+        let copied = (|| {
+            while at < old + records {
+                let n = ((old + records - at) as usize).min(buf.len());
+                self.file.read_exact_at(&mut buf[..n], at)?;
+                file.write_all(&buf[..n])?;
+                at += n as u64;
+                len += n as u64;
+            }
+            file.sync_data()
+        })();
+        if let Err(e) = copied {
+            // Not a segment to keep: the next try starts over.
+            let _ = std::fs::remove_file(&new_path);
+            return Err(e);
         }
-        file.sync_data()?;
         eprintln!(
             "usaged: worker {}: journal segment {} was deleted or replaced; its {} bytes of records were rewritten to {}",
             self.worker,

@@ -317,7 +317,9 @@ pub fn create_segment(dir: &Path, h: &Header, seq: u32, lease: u64) -> io::Resul
     if lease > 0 {
         encode_lease(&mut first, lease);
     }
+    // Readable too: a segment deleted under the server is copied out of it (see committer.rs).
     let mut file = OpenOptions::new()
+        .read(true)
         .append(true)
         .create_new(true)
         .open(&tmp)?;
