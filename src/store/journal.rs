@@ -151,6 +151,8 @@ pub fn parse_name(name: &str) -> Option<(Header, u32)> {
 
 /// Append the framed record of usage `id` to `out`.
 pub fn encode(out: &mut Vec<u8>, id: u64, u: &Usage<'_>) {
+    // One capacity check for the whole record (on the hot path: once per stored usage).
+    out.reserve(FRAME_LEN + MAX_PAYLOAD);
     let at = out.len();
     out.extend_from_slice(&[0; FRAME_LEN]);
     out.extend_from_slice(&id.to_le_bytes());
@@ -355,9 +357,18 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Create `dir` if it is missing.
+/// Create `dir` if it is missing, and make its entry durable (a power loss right after the
+/// first start must not take the whole directory).
 pub fn ensure_dir(dir: &Path) -> io::Result<()> {
-    fs::create_dir_all(dir)
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir)?;
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    sync_dir(parent)
 }
 
 #[cfg(test)]
