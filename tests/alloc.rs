@@ -131,7 +131,7 @@ fn steady_state_requests_allocate_nothing() {
                 limits,
                 draining: false,
                 now_ms: 0,
-                durable: 0,
+                turn_start: 0,
                 metrics: &WORKER_METRICS,
                 access: None,
                 log_time: b"",

@@ -168,13 +168,13 @@ proptest! {
         let wm = usaged::metrics::WorkerMetrics::default();
         let mut sock = Pieces { input, output: Vec::new() };
         for turn in 0..200 {
-            let mut ctx = Ctx { app: &mut app, out: &mut out, out_start: 0, date: &date, limits, draining: false, now_ms: turn, durable: 0, metrics: &wm, access: None, log_time: b"" };
+            let mut ctx = Ctx { app: &mut app, out: &mut out, out_start: 0, date: &date, limits, draining: false, now_ms: turn, turn_start: 0, metrics: &wm, access: None, log_time: b"" };
             if conn.run_once(&mut sock, &mut ctx, true) == Next::Close || sock.input.is_empty() {
                 break;
             }
         }
         out.clear();
-        let mut ctx = Ctx { app: &mut app, out: &mut out, out_start: 0, date: &date, limits, draining: false, now_ms: 10_000, durable: 0, metrics: &wm, access: None, log_time: b"" };
+        let mut ctx = Ctx { app: &mut app, out: &mut out, out_start: 0, date: &date, limits, draining: false, now_ms: 10_000, turn_start: 0, metrics: &wm, access: None, log_time: b"" };
         if conn.on_timeout(&mut ctx) == Next::Keep {
             let _ = conn.complete(&mut sock, &out, 10_000, &timeouts, &wm);
         }

@@ -82,9 +82,9 @@ pub struct Ctx<'a> {
     pub draining: bool,
     /// The worker's coarse clock (milliseconds), read once per loop turn.
     pub now_ms: u64,
-    /// The highest journal batch written: answers waiting for a later one are still held in
-    /// the worker's outbox (see [`Conn::wait`]).
-    pub durable: u64,
+    /// Where this loop turn's answers begin in `out` (earlier bytes are answers still held
+    /// for the journal): the turn's output cap counts from here.
+    pub turn_start: usize,
     /// This worker's counters.
     pub metrics: &'a WorkerMetrics,
     /// This worker's access log, when `--access-log` is on, and the time its lines carry.
@@ -166,6 +166,11 @@ pub struct Conn {
     /// The journal batch this connection's latest answers in the worker's outbox wait for
     /// (kept by the worker: a later answer never waits for less).
     pub wait: u64,
+    /// This connection's parts in the worker's outbox not yet sent, and their bytes (kept by
+    /// the worker). While any is held, the connection does not close, does not time out idle,
+    /// and past [`OUT_HIGH`] held bytes reads nothing more.
+    pub held_parts: u32,
+    pub held_bytes: usize,
 }
 
 impl Conn {
@@ -194,6 +199,8 @@ impl Conn {
             filed_ms: None,
             admitted: None,
             wait: 0,
+            held_parts: 0,
+            held_bytes: 0,
         }
     }
 
@@ -264,6 +271,12 @@ impl Conn {
     /// take an answer), then the connection closes.
     #[cold]
     pub fn on_timeout(&mut self, ctx: &mut Ctx<'_>) -> Next {
+        if self.timeout == Timeout::Idle && self.held_parts > 0 {
+            // Not idle: its answers wait for the journal. Look again an idle period later.
+            self.active_ms = ctx.now_ms;
+            self.set_deadline(ctx.now_ms, &ctx.limits.timeouts);
+            return Next::Keep;
+        }
         match self.timeout {
             Timeout::Header | Timeout::Body if self.unsent.is_empty() => {
                 // The 408 goes out through `complete`, which then closes (lingering over what
@@ -298,7 +311,10 @@ impl Conn {
 
     /// No request in progress and nothing to send: safe to close when shutting down.
     pub fn is_idle(&self) -> bool {
-        self.start == self.end && self.unsent.is_empty() && self.lingering.is_none()
+        self.start == self.end
+            && self.unsent.is_empty()
+            && self.lingering.is_none()
+            && self.held_parts == 0
     }
 
     /// Drive the connection after a readiness event (`readable`: the event said so).
@@ -338,7 +354,7 @@ impl Conn {
                 return Next::Keep;
             }
             if self.closing || self.eof {
-                if self.wait > ctx.durable {
+                if self.held_parts > 0 {
                     // Its last answers still wait for the journal: closing comes after them.
                     return Next::Keep;
                 }
@@ -433,7 +449,7 @@ impl Conn {
                 Err(_) => return Next::Close,
             }
         }
-        let next = if !self.unsent.is_empty() {
+        let next = if !self.unsent.is_empty() || self.held_parts > 0 {
             Next::Keep
         } else if self.closing || self.eof {
             self.more = false;
@@ -487,14 +503,17 @@ impl Conn {
             if self.closing {
                 return Stop::Idle;
             }
-            if ctx.out.len() - ctx.out_start >= OUT_HIGH || ctx.out.len() >= TURN_OUT_MAX {
-                return Stop::OutputFull;
-            }
             if self.start == self.end {
                 self.shifted(self.start);
                 self.start = 0;
                 self.end = 0;
                 return Stop::Idle;
+            }
+            if ctx.out.len() - ctx.out_start >= OUT_HIGH
+                || ctx.out.len().saturating_sub(ctx.turn_start) >= TURN_OUT_MAX
+                || self.held_bytes >= OUT_HIGH
+            {
+                return Stop::OutputFull;
             }
             if self.pending.is_none() && self.admitted.is_some_and(|a| self.start >= a) {
                 let r = Reject::Unavailable("server is shutting down");

@@ -126,6 +126,7 @@ pub fn run(setup: Setup) {
         max_conns,
         outbox: Outbox::with_capacity(128 * 1024),
         ready: Vec::new(),
+        turn_start: 0,
         committer,
         date: DateCache::default(),
         limits,
@@ -163,6 +164,8 @@ struct Worker {
     outbox: Outbox,
     /// Parts of the outbox released this turn (kept for its capacity).
     ready: Vec<Held>,
+    /// The outbox's length when this turn began (its answers before were held earlier).
+    turn_start: usize,
     /// This worker's journal thread (`None`: `--in-memory`).
     committer: Option<Committer>,
     date: DateCache,
@@ -207,6 +210,7 @@ impl Worker {
             panic!("worker {}: epoll_wait failed: {e}", self.index);
         }
         self.tick(app);
+        self.turn_start = self.outbox.len();
         for ev in events.iter() {
             match ev.token() {
                 LISTENER => self.accept(poll),
@@ -220,6 +224,8 @@ impl Worker {
         self.expire(app);
         self.commit(app);
         self.release(app);
+        // A batch written during `release` freed the journal for what gathered meanwhile.
+        self.commit(app);
         if let Some(log) = self.access.as_mut() {
             log.turn(self.now_ms);
             self.metrics
@@ -329,9 +335,12 @@ impl Worker {
                 else {
                     continue;
                 };
+                let bytes = self.outbox.bytes(&h);
+                conn.held_parts -= 1;
+                conn.held_bytes -= bytes.len();
                 let next = conn.complete(
                     stream,
-                    self.outbox.bytes(&h),
+                    bytes,
                     self.now_ms,
                     &self.limits.timeouts,
                     self.metrics.worker(self.index),
@@ -343,6 +352,8 @@ impl Worker {
             }
             self.ready = ready;
             self.outbox.reclaim();
+            // The output cap counts afresh for what the connections driven again produce.
+            self.turn_start = self.outbox.len();
             if self.again.is_empty() {
                 return;
             }
@@ -462,7 +473,7 @@ impl Worker {
 
     fn ctx<'a>(&'a mut self, app: &'a mut App) -> (Ctx<'a>, &'a mut Vec<Slot>) {
         let out_start = self.outbox.len();
-        let durable = self.outbox.durable();
+        let turn_start = self.turn_start;
         let ctx = Ctx {
             app,
             out: self.outbox.buf(),
@@ -471,7 +482,7 @@ impl Worker {
             limits: self.limits,
             draining: self.draining.is_some(),
             now_ms: self.now_ms,
-            durable,
+            turn_start,
             metrics: self.metrics.worker(self.index),
             access: self.access.as_mut(),
             log_time: &self.log_time.0[..self.log_time.1],
@@ -508,6 +519,8 @@ impl Worker {
                 let (_, conn) = slot.conn.as_mut().expect("live connection");
                 let wait = conn.wait.max(if stored { filling } else { 0 });
                 conn.wait = wait;
+                conn.held_parts += 1;
+                conn.held_bytes += self.outbox.len() - start;
                 self.outbox.hold(index, slot.generation, wait, start);
             }
             Next::Close | Next::Linger => {
@@ -663,7 +676,7 @@ impl Worker {
         let linger = self.limits.timeouts.linger_ms;
         for i in 0..self.slots.len() {
             let idle = |w: &Self| match w.slots[i].conn.as_ref() {
-                Some((_, c)) => c.is_idle() && c.wait <= w.outbox.durable(),
+                Some((_, c)) => c.is_idle(),
                 None => false,
             };
             if !idle(self) {

@@ -343,9 +343,7 @@ fn run(shared: &Shared, mut seg: Segment) {
         drop(h);
         match batch {
             Some(mut b) => {
-                status.busy_since_ms.store(clock_ms(), Ordering::Relaxed);
                 let written = persist(shared, &mut seg, |s| s.write_batch(&b.bytes, b.last_id));
-                status.busy_since_ms.store(0, Ordering::Relaxed);
                 if !written {
                     return; // stopping with a batch that cannot be written: its answers never go
                 }
@@ -378,6 +376,9 @@ fn persist(
     let status = &shared.status;
     let mut backoff = BACKOFF_MIN;
     let mut failing_since: Option<Instant> = None;
+    // Busy while any of it runs: a write, sync, roll or relink that hangs shows on `/health`.
+    status.busy_since_ms.store(clock_ms(), Ordering::Relaxed);
+    let _idle = Idle(&status.busy_since_ms);
     loop {
         match op(seg) {
             Ok(()) => {
@@ -417,6 +418,15 @@ fn persist(
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+    }
+}
+
+/// Marks the journal idle when dropped.
+struct Idle<'a>(&'a AtomicU64);
+
+impl Drop for Idle<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Relaxed);
     }
 }
 
@@ -522,13 +532,19 @@ impl Segment {
     /// (rewriting its records into a new one), and roll over a full segment.
     fn ready(&mut self) -> io::Result<()> {
         self.cut()?;
-        if self.len >= self.segment_bytes {
+        let full = self.len >= self.segment_bytes;
+        let now = Instant::now();
+        if full || now.duration_since(self.link_checked) >= LINK_CHECK {
+            self.check_link(now)?;
+        }
+        if full {
             self.roll()?;
         }
-        let now = Instant::now();
-        if now.duration_since(self.link_checked) < LINK_CHECK {
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    /// Relink the segment's records if its name no longer leads to our file.
+    fn check_link(&mut self, now: Instant) -> io::Result<()> {
         let meta = self.file.metadata()?;
         let replaced = match std::fs::metadata(&self.path) {
             Ok(m) => m.ino() != meta.ino() || m.dev() != meta.dev(),
@@ -570,15 +586,28 @@ impl Segment {
             .then(|| (self.last_sync + SYNC_INTERVAL).saturating_duration_since(now))
     }
 
-    /// Seal this segment and continue in the next one.
+    /// The first segment number past `seq` with no file (a segment made by a try that failed
+    /// after its rename is complete but unused: it is left as it is).
+    fn free_seq(&self) -> u32 {
+        let mut seq = self.seq + 1;
+        while self
+            .dir
+            .join(journal::segment_name(&self.header, seq))
+            .exists()
+        {
+            seq += 1;
+        }
+        seq
+    }
+
+    /// Seal this segment (synced in every mode: a later segment never holds records while an
+    /// earlier one may lose some) and continue in the next one.
     #[cold]
     fn roll(&mut self) -> io::Result<()> {
-        if self.sync != SyncMode::Never {
-            self.sync()?;
-        }
-        let (file, len) =
-            journal::create_segment(&self.dir, &self.header, self.seq + 1, self.lease)?;
-        self.seq += 1;
+        self.sync()?;
+        let seq = self.free_seq();
+        let (file, len) = journal::create_segment(&self.dir, &self.header, seq, self.lease)?;
+        self.seq = seq;
         self.path = self.dir.join(journal::segment_name(&self.header, self.seq));
         self.file = file;
         self.len = len;
@@ -592,14 +621,7 @@ impl Segment {
     fn relink(&mut self) -> io::Result<()> {
         let old = journal::HEADER_LEN as u64;
         let records = self.len.saturating_sub(old);
-        let mut seq = self.seq + 1;
-        while self
-            .dir
-            .join(journal::segment_name(&self.header, seq))
-            .exists()
-        {
-            seq += 1;
-        }
+        let seq = self.free_seq();
         let (mut file, mut len) =
             journal::create_segment(&self.dir, &self.header, seq, self.lease)?;
         let new_path = self.dir.join(journal::segment_name(&self.header, seq));

@@ -301,8 +301,15 @@ fn classify(bytes: &[u8], at: usize, bad: Bad) -> End {
         return End::Corrupt { at };
     }
     let runs_past_end = bad == Bad::Truncated;
-    let zeros = rest.iter().all(|&b| b == 0);
-    if runs_past_end || zeros {
+    // Zeros from inside the bad record to the end: its start reached the disk, its end did
+    // not (a power loss after the file grew).
+    let declared = match rest {
+        [a, b, ..] => FRAME_LEN + u16::from_le_bytes([*a, *b]) as usize,
+        _ => rest.len(),
+    };
+    let zeros_from = rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let zero_tail = zeros_from < rest.len() && zeros_from < declared.max(FRAME_LEN);
+    if runs_past_end || zero_tail || zeros_from == 0 {
         End::Torn { at }
     } else {
         End::Corrupt { at }

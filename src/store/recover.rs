@@ -95,11 +95,16 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
     let started = Instant::now();
     let mut warnings = Vec::new();
     let mut corrupt = false;
-    let by_stripe = list(dir, opt, &mut warnings)?;
+    let (by_stripe, aside) = list(dir, opt, &mut warnings)?;
     let mut scans: BTreeMap<StripeKey, StripeScan> = BTreeMap::new();
     for (key, segs) in by_stripe {
         let scan = check_stripe(key, segs, opt, &mut warnings, &mut corrupt)?;
         scans.insert(key, scan);
+    }
+    // Bytes moved aside by an earlier repair still count: ids in them are never given again.
+    for (key, bytes) in aside {
+        scans.entry(key).or_default().lost_bytes += bytes;
+        corrupt = true;
     }
     let plan = plan(&scans, opt.stripes)?;
     if plan.fresh && !scans.is_empty() && !opt.read_only {
@@ -112,13 +117,14 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
     build(plan, scans, opt.stripes, started, warnings, corrupt)
 }
 
-/// Phase 1: every segment of `dir`, by stripe, in `seq` order.
-fn list(
-    dir: &Path,
-    opt: Options,
-    warnings: &mut Vec<String>,
-) -> Result<BTreeMap<StripeKey, Vec<Segment>>, String> {
+/// Segments by stripe, and the bytes of each stripe moved aside by a repair.
+type Listed = (BTreeMap<StripeKey, Vec<Segment>>, BTreeMap<StripeKey, u64>);
+
+/// Phase 1: every segment of `dir`, by stripe, in `seq` order; and the `*.corrupt-*` files
+/// earlier repairs left.
+fn list(dir: &Path, opt: Options, warnings: &mut Vec<String>) -> Result<Listed, String> {
     let mut out: BTreeMap<StripeKey, Vec<Segment>> = BTreeMap::new();
+    let mut aside: BTreeMap<StripeKey, u64> = BTreeMap::new();
     let entries = fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for entry in entries {
         let path = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
@@ -131,6 +137,17 @@ fn list(
                 "{}: a segment whose creation was cut short (no records); removed",
                 path.display()
             ));
+            continue;
+        }
+        if let Some((seg, _)) = name.split_once(".corrupt-") {
+            if let Some((h, _)) = journal::parse_name(seg) {
+                let len = fs::metadata(&path).map_or(0, |m| m.len());
+                *aside.entry((h.base, h.stripes, h.stripe)).or_default() += len;
+                warnings.push(format!(
+                    "{}: moved aside by a repair; its ids are never given again, and export leaves it out",
+                    path.display()
+                ));
+            }
             continue;
         }
         if !name.ends_with(".seg") {
@@ -187,7 +204,7 @@ fn list(
     for segs in out.values_mut() {
         segs.sort_by_key(|s| s.seq);
     }
-    Ok(out)
+    Ok((out, aside))
 }
 
 /// Phase 2: check one stripe's segments, cutting torn tails and (with `repair`) moving
@@ -334,20 +351,13 @@ fn plan(scans: &BTreeMap<StripeKey, StripeScan>, stripes: u32) -> Result<Plan, S
     let mut holding: BTreeMap<(u64, u32), bool> = BTreeMap::new();
     let mut unclean: BTreeMap<(u64, u32), bool> = BTreeMap::new();
     for (&(base, n, _), s) in scans {
-        floor = floor.max(base).max(s.last_id).max(s.lease);
-        if s.lost_bytes > 0 {
-            // Ids in bytes we could not read: at most one record per MIN_RECORD bytes, each
-            // a slot further, and a lease at most LEASE_SLOTS slots past the last of them.
-            let slots = s.lost_bytes / MIN_RECORD as u64 + 1 + LEASE_SLOTS;
-            let bound = s
-                .last_id
-                .max(s.lease)
-                .max(base)
-                .saturating_add(slots.saturating_mul(u64::from(n)));
-            floor = floor.max(bound);
-        }
+        floor = floor.max(top(base, n, s));
         *holding.entry((base, n)).or_default() |= s.records > 0;
-        *unclean.entry((base, n)).or_default() |= s.lease > s.last_id || s.lost_bytes > 0;
+        // A lease ahead of the last record: ids past it may have been acknowledged and lost.
+        // Records and no lease at all: a version-1 journal, whose crashes left no trace.
+        let no_lease = s.records > 0 && s.lease == 0;
+        *unclean.entry((base, n)).or_default() |=
+            s.lease > s.last_id || s.lost_bytes > 0 || no_lease;
     }
     if floor >= MAX_ID / 2 {
         return Err(format!(
@@ -371,7 +381,7 @@ fn plan(scans: &BTreeMap<StripeKey, StripeScan>, stripes: u32) -> Result<Plan, S
         let max_of_others = scans
             .iter()
             .filter(|(k, _)| (k.0, k.1) != (base, n))
-            .map(|(&(b, _, _), s)| b.max(s.last_id).max(s.lease))
+            .map(|(&(b, n, _), s)| top(b, n, s))
             .max()
             .unwrap_or(0);
         n == stripes && !unclean[&(base, n)] && max_of_others <= base
@@ -387,6 +397,18 @@ fn plan(scans: &BTreeMap<StripeKey, StripeScan>, stripes: u32) -> Result<Plan, S
         epochs,
         fresh: true,
     })
+}
+
+/// The highest id a stripe may have handed out: its last record or lease, or, when bytes of
+/// it could not be read (moved aside), a bound on the ids they could hold: at most one record
+/// per `MIN_RECORD` bytes, each a slot further, and a lease at most `LEASE_SLOTS` slots past.
+fn top(base: u64, stripes: u32, s: &StripeScan) -> u64 {
+    let known = base.max(s.last_id).max(s.lease);
+    if s.lost_bytes == 0 {
+        return known;
+    }
+    let slots = s.lost_bytes / MIN_RECORD as u64 + 1 + LEASE_SLOTS;
+    known.saturating_add(slots.saturating_mul(u64::from(stripes)))
 }
 
 /// Phase 4: the store, every kept record appended again through its stripe's writer.

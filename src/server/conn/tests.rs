@@ -107,7 +107,7 @@ impl Harness {
             },
             draining: false,
             now_ms: 0,
-            durable: 0,
+            turn_start: 0,
             metrics: &WORKER_METRICS,
             access: None,
             log_time: b"",
