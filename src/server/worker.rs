@@ -673,23 +673,19 @@ impl Worker {
     /// FIN and read until the client closes: never a reset over unread bytes. A connection
     /// that has sent nothing yet gets a second to send its first request.
     fn close_idle(&mut self, app: &mut App) {
-        let linger = self.limits.timeouts.linger_ms;
-        for i in 0..self.slots.len() {
-            let idle = |w: &Self| match w.slots[i].conn.as_ref() {
-                Some((_, c)) => c.is_idle(),
-                None => false,
-            };
-            if !idle(self) {
-                continue;
-            }
+        let idle = |w: &Self, i: usize| w.slots[i].conn.as_ref().is_some_and(|(_, c)| c.is_idle());
+        let read: Vec<usize> = (0..self.slots.len()).filter(|&i| idle(self, i)).collect();
+        for &i in &read {
             let generation = self.slots[i].generation;
             self.drive(token(i, generation), true, false, app);
-            if !idle(self) {
-                continue;
-            }
-            let now = self.now_ms;
+        }
+        // What those reads produced (answers, or nothing) leaves now.
+        self.commit(app);
+        self.release(app);
+        let (now, linger) = (self.now_ms, self.limits.timeouts.linger_ms);
+        for i in read {
             let next = match self.slots[i].conn.as_mut() {
-                Some((_, c)) if !c.fresh(now) => c.close_gracefully(now, linger),
+                Some((_, c)) if c.is_idle() && !c.fresh(now) => c.close_gracefully(now, linger),
                 _ => continue,
             };
             self.after(i, next);
