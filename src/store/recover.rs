@@ -101,10 +101,11 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
         let scan = check_stripe(key, segs, opt, &mut warnings, &mut corrupt)?;
         scans.insert(key, scan);
     }
-    // Bytes moved aside by an earlier repair still count: ids in them are never given again.
+    // Bytes moved aside by an earlier repair still count: ids in them are never given again
+    // (the repair's new epoch, once its segments exist, records that floor too). They are
+    // not corruption found now: `export` warns about them and still exits 0.
     for (key, bytes) in aside {
         scans.entry(key).or_default().lost_bytes += bytes;
-        corrupt = true;
     }
     let plan = plan(&scans, opt.stripes)?;
     if plan.fresh && !scans.is_empty() && !opt.read_only {
@@ -144,7 +145,7 @@ fn list(dir: &Path, opt: Options, warnings: &mut Vec<String>) -> Result<Listed, 
                 let len = fs::metadata(&path).map_or(0, |m| m.len());
                 *aside.entry((h.base, h.stripes, h.stripe)).or_default() += len;
                 warnings.push(format!(
-                    "{}: moved aside by a repair; its ids are never given again, and export leaves it out",
+                    "{}: moved aside by an earlier repair: not read, and its ids are never given again",
                     path.display()
                 ));
             }
