@@ -668,25 +668,33 @@ impl Worker {
         self.release(app);
     }
 
-    /// While draining: connections with nothing in progress and nothing waiting are read
-    /// once more (a request that came in is answered, `503` and a close), then closed with a
-    /// FIN and read until the client closes: never a reset over unread bytes. A connection
-    /// that has sent nothing yet gets a second to send its first request.
+    /// While draining: a connection with nothing in progress and nothing waiting is looked at
+    /// (`peek`): a request that came in is read and answered (`503` and a close); otherwise it
+    /// is closed with a FIN at once, then read until the client closes: never a reset over
+    /// unread bytes. A connection that has sent nothing yet gets a second for its first request.
     fn close_idle(&mut self, app: &mut App) {
-        let idle = |w: &Self, i: usize| w.slots[i].conn.as_ref().is_some_and(|(_, c)| c.is_idle());
-        let read: Vec<usize> = (0..self.slots.len()).filter(|&i| idle(self, i)).collect();
-        for &i in &read {
-            let generation = self.slots[i].generation;
-            self.drive(token(i, generation), true, false, app);
-        }
-        // What those reads produced (answers, or nothing) leaves now.
-        self.commit(app);
-        self.release(app);
         let (now, linger) = (self.now_ms, self.limits.timeouts.linger_ms);
-        for i in read {
-            let next = match self.slots[i].conn.as_mut() {
-                Some((_, c)) if c.is_idle() && !c.fresh(now) => c.close_gracefully(now, linger),
-                _ => continue,
+        for i in 0..self.slots.len() {
+            let Some((stream, c)) = self.slots[i].conn.as_mut() else {
+                continue;
+            };
+            if !c.is_idle() {
+                continue;
+            }
+            let next = match stream.peek(&mut [0; 1]) {
+                Ok(0) => Next::Close,
+                Ok(_) => {
+                    let generation = self.slots[i].generation;
+                    self.drive(token(i, generation), true, false, app);
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if c.fresh(now) {
+                        continue;
+                    }
+                    c.close_gracefully(now, linger)
+                }
+                Err(_) => Next::Close,
             };
             self.after(i, next);
         }
