@@ -168,7 +168,7 @@ pub struct Conn {
     pub wait: u64,
     /// This connection's parts in the worker's outbox not yet sent, and their bytes (kept by
     /// the worker). While any is held, the connection does not close, does not time out idle,
-    /// and past [`OUT_HIGH`] held bytes reads nothing more.
+    /// and past `OUT_HIGH` (64 KiB of) held bytes reads nothing more.
     pub held_parts: u32,
     pub held_bytes: usize,
 }
