@@ -168,7 +168,7 @@ pub struct Conn {
     pub wait: u64,
     /// This connection's parts in the worker's outbox not yet sent, and their bytes (kept by
     /// the worker). While any is held, the connection does not close, does not time out idle,
-    /// and past `OUT_HIGH` (64 KiB of) held bytes reads nothing more.
+    /// and with 64 KiB or more held reads nothing more.
     pub held_parts: u32,
     pub held_bytes: usize,
 }
@@ -307,6 +307,12 @@ impl Conn {
     /// way (a proxy opens connections before it has requests for them).
     pub fn fresh(&self, now_ms: u64) -> bool {
         self.last_read.is_none() && now_ms < self.active_ms + 1000
+    }
+
+    /// No progress (an answer, a write) for `ms`: a client still using the connection would
+    /// most likely have sent its next request by now.
+    pub fn quiet_for(&self, now_ms: u64, ms: u64) -> bool {
+        now_ms >= self.active_ms + ms
     }
 
     /// No request in progress and nothing to send: safe to close when shutting down.

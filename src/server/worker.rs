@@ -34,6 +34,8 @@ const BACKOFF_MIN_MS: u64 = 10;
 const BACKOFF_MAX_MS: u64 = 1000;
 /// While draining, how often the loop looks at the clock.
 const DRAIN_TICK: Duration = Duration::from_millis(50);
+/// While draining, an idle connection is closed once it has been quiet this long (ms).
+const DRAIN_QUIET_MS: u64 = 100;
 /// A batch of records this large that the journal has not taken: new usages wait (`503`).
 const MAX_BATCH: usize = 64 << 20;
 
@@ -669,9 +671,10 @@ impl Worker {
     }
 
     /// While draining: a connection with nothing in progress and nothing waiting is looked at
-    /// (`peek`): a request that came in is read and answered (`503` and a close); otherwise it
-    /// is closed with a FIN at once, then read until the client closes: never a reset over
-    /// unread bytes. A connection that has sent nothing yet gets a second for its first request.
+    /// (`peek`): a request that came in is read and answered (`503` and a close); otherwise,
+    /// once quiet for `DRAIN_QUIET_MS`, it is closed with a FIN and read until the client
+    /// closes: never a reset over unread bytes. A connection that has sent nothing yet gets a
+    /// second for its first request.
     fn close_idle(&mut self, app: &mut App) {
         let (now, linger) = (self.now_ms, self.limits.timeouts.linger_ms);
         for i in 0..self.slots.len() {
@@ -689,7 +692,9 @@ impl Worker {
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if c.fresh(now) {
+                    // A busy client's next request gets `503` and a close, which no race
+                    // can lose; a FIN goes only to connections quiet for a while.
+                    if c.fresh(now) || !c.quiet_for(now, DRAIN_QUIET_MS) {
                         continue;
                     }
                     c.close_gracefully(now, linger)
