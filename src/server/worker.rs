@@ -280,7 +280,9 @@ impl Worker {
             return;
         };
         let now = committer::clock_ms();
-        let trouble = c.status().trouble() != Trouble::None || c.in_flight_ms(now) > STALL_MS;
+        let trouble = c.status().trouble() != Trouble::None
+            || c.in_flight_ms(now) > STALL_MS
+            || c.status().busy_for_ms(now) > STALL_MS;
         let big = app
             .writer
             .batch_mut()
