@@ -209,9 +209,10 @@ fn assert_ends(c: &Conn, limit: Duration, what: &str) {
 /// Review finding 1: `--repair` moved a corrupt segment aside, the repair run then failed to
 /// start (a bad `--access-log` path), and the next plain start continued the old epoch and
 /// handed out again 11 ids that had been acknowledged (those in the moved-aside file).
-/// Asserted: the repair run exits non-zero having moved the file aside; while a `*.corrupt-*`
-/// file exists `usaged export` names it in a warning; two plain starts after it serve every usage that was
-/// not moved aside and never hand out an id acknowledged before.
+/// Asserted: the repair run exits non-zero having moved the file aside; two plain starts
+/// after it serve every usage that was not moved aside and never hand out an id acknowledged
+/// before; `usaged export` names the moved-aside file in a warning, exits 0 and lists exactly
+/// the usages kept.
 #[test]
 fn repair_run_that_fails_to_start_then_plain_start_never_reissues() {
     let _g = shared();
@@ -273,14 +274,14 @@ fn repair_run_that_fails_to_start_then_plain_start_never_reissues() {
     for id in lost {
         l.retire(id);
     }
-    // Export reads the journal and names the moved-aside file in a warning (exit 0: the
-    // repair already reported the corruption).
-    let check_export_refuses = || {
+    // Moved aside by an earlier repair: named in a warning, not read (README, "At start").
+    let check_export = |l: &mut Ledger| {
         let (st, _, err) = export(dir.path());
         assert!(
             st.success() && aside.iter().all(|a| err.contains(a.as_str())),
-            "usaged export with {aside:?} in the directory: {st}\n{err}"
+            "usaged export with {aside:?} in the directory: {st}, no warning naming it:\n{err}"
         );
+        l.check_export(dir.path());
     };
     for run in ["after the failed repair", "once more"] {
         let mut s = Usaged::start(dir.path(), 2, &always);
@@ -292,8 +293,9 @@ fn repair_run_that_fails_to_start_then_plain_start_never_reissues() {
         }
         l.check_reads(&s);
         s.stop_ok();
-        check_export_refuses();
+        check_export(&mut l);
     }
+    l.verify(dir.path(), 2);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -374,6 +376,8 @@ fn a_stalled_write_under_deep_pipelining_does_not_spin_the_worker() {
     assert_eq!(h.ask(HEALTH, SECS_2).status, 200);
     // Longer than the test: the write is still held when the server is told to stop.
     let tracer = stall(&s, dir.path(), WRITES, 60);
+    // Read now: once usaged's main thread has exited, its status no longer names strace.
+    let strace = tracer_of(s.pid).expect("strace traces usaged");
     let flood: Vec<(Conn, ledger::Sent)> = (0..80)
         .map(|_| {
             let c = s.conn();
@@ -414,10 +418,9 @@ fn a_stalled_write_under_deep_pipelining_does_not_spin_the_worker() {
          stuck:\n{}",
         s.log()
     );
-    // The process can only end once strace lets go of the stuck thread.
-    if let Some(p) = tracer_of(s.pid) {
-        signal(p, "KILL");
-    }
+    // The process can only end once strace lets go of the stuck thread (and strace, holding
+    // a thread of a process that is exiting, heeds SIGKILL only).
+    signal(strace, "KILL");
     drop(tracer);
     let st = s.stop();
     assert!(st.success(), "exit after SIGTERM: {st}\n{}", s.log());
@@ -723,13 +726,12 @@ fn stuck_interval_sync(post_while_stalled: bool) {
 // ---------------------------------------------------------------------------------------------
 // Found while writing these tests
 
-/// A regression of dd1a307, fixed by reading each idle connection with `peek` instead: on SIGTERM an idle
-/// keep-alive connection is never closed, so every stop with an idle client open takes the
-/// whole `--shutdown-timeout` (10 s by default). `close_idle` drives each idle connection
-/// once more; `settle` files even an empty part in the outbox (`held_parts += 1`), so the
-/// connection is no longer idle when looked at again, and the next `release` makes it idle
-/// for the next turn, which does the same. The README says idle connections are closed with
-/// a FIN at once. Asserted: the FIN comes within 2 s of SIGTERM and the server exits 0.
+/// A regression of dd1a307, fixed in 48d587b: on SIGTERM an idle keep-alive connection was
+/// never closed, so every stop with an idle client open took the whole `--shutdown-timeout`
+/// (10 s by default). `close_idle` drove each idle connection once more and `settle` filed
+/// even an empty part in the outbox (`held_parts += 1`), so the connection was no longer
+/// idle when looked at again. Asserted: the FIN comes within 2 s of SIGTERM, and the server
+/// exits 0 within 3 s.
 #[test]
 fn sigterm_closes_an_idle_keep_alive_connection_at_once() {
     let _g = shared();
