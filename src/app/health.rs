@@ -5,45 +5,34 @@ use super::{Answer, Node, persist};
 use crate::http::request::{Head, Method};
 use crate::http::response::{self, Extra};
 
-const OK: &[u8] = br#"{"status":"ok"}"#;
-
 /// `200 {"status":"ok"}`, or `503 {"status":"unavailable","reason":"…"}` while draining or
 /// while a journal cannot write. Returns `(close, status)`.
 pub fn get(node: &Node, head: &Head, a: &mut Answer<'_>) -> (bool, u16) {
-    let Some(reason) = node.trouble() else {
-        let p = persist(head, a.force_close);
-        response::head(
-            a.out,
+    let (line, status, extra, body): (&[u8], u16, _, [&[u8]; 3]) = match node.trouble() {
+        None => (
             b"HTTP/1.1 200 OK\r\n",
-            a.date.text(),
-            response::JSON,
-            OK.len(),
+            200,
             Extra::None,
-            p,
-        );
-        if head.method != Method::Head {
-            a.out.extend_from_slice(OK);
-        }
-        return (p == response::Persist::Close, 200);
+            [br#"{"status":"ok"}"#, b"", b""],
+        ),
+        Some(reason) => (
+            b"HTTP/1.1 503 Service Unavailable\r\n",
+            503,
+            Extra::RetryAfter(1),
+            [
+                br#"{"status":"unavailable","reason":""#,
+                reason.as_bytes(),
+                br#""}"#,
+            ],
+        ),
     };
-    const PRE: &[u8] = br#"{"status":"unavailable","reason":""#;
-    const POST: &[u8] = br#""}"#;
     let p = persist(head, a.force_close);
-    response::head(
-        a.out,
-        b"HTTP/1.1 503 Service Unavailable\r\n",
-        a.date.text(),
-        response::JSON,
-        PRE.len() + reason.len() + POST.len(),
-        Extra::RetryAfter(1),
-        p,
-    );
+    let len = body.iter().map(|b| b.len()).sum();
+    response::head(a.out, line, a.date.text(), response::JSON, len, extra, p);
     if head.method != Method::Head {
-        a.out.extend_from_slice(PRE);
-        a.out.extend_from_slice(reason.as_bytes());
-        a.out.extend_from_slice(POST);
+        body.iter().for_each(|b| a.out.extend_from_slice(b));
     }
-    (p == response::Persist::Close, 503)
+    (p == response::Persist::Close, status)
 }
 
 /// `GET /metrics`: every worker's counters, summed, in the Prometheus text format.

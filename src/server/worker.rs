@@ -303,22 +303,14 @@ impl Worker {
             c.submit(batch, last_id);
         }
         let (status, m) = (c.status(), self.metrics.worker(self.index));
-        m.set(
-            metrics::JOURNAL_BYTES,
-            status.bytes_written.load(Ordering::Relaxed),
-        );
-        m.set(
-            metrics::JOURNAL_FSYNCS,
-            status.syncs.load(Ordering::Relaxed),
-        );
-        m.set(
-            metrics::JOURNAL_FSYNC_NS,
-            status.sync_ns.load(Ordering::Relaxed),
-        );
-        m.set(
-            metrics::JOURNAL_ERRORS,
-            status.errors.load(Ordering::Relaxed),
-        );
+        for (cell, v) in [
+            (metrics::JOURNAL_BYTES, &status.bytes_written),
+            (metrics::JOURNAL_FSYNCS, &status.syncs),
+            (metrics::JOURNAL_FSYNC_NS, &status.sync_ns),
+            (metrics::JOURNAL_ERRORS, &status.errors),
+        ] {
+            m.set(cell, v.load(Ordering::Relaxed));
+        }
     }
 
     /// Send every answer the journal allows, one write per part; connections that stopped
