@@ -79,34 +79,53 @@ fn set_flag(fd: &OwnedFd, opt: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
-/// Let no new handshake complete on `l` (a socket filter that drops every packet), so its
-/// backlog stops growing before it is closed; connections already queued can still be
-/// accepted. Clients whose SYN is dropped retry it, and by then find the port closed.
+/// Let no new handshake start on `l`: a socket filter drops every SYN that is not also an
+/// ACK, so clients retry their SYN a second later and by then find the port closed (or a
+/// restarted server). Every other packet passes, so a handshake already under way (SYN in,
+/// SYN-ACK out) still completes into the backlog and must be accepted: dropping its ACK too
+/// would leave the client thinking it is connected, writing its request, and then reset when
+/// the listener closes. Connections accepted later inherit the filter, which never drops
+/// one of their packets (a SYN without ACK is not part of an established connection).
 pub fn refuse_new(l: &impl AsRawFd) -> io::Result<()> {
-    // BPF: `ret #0` (keep 0 bytes of each packet: drop it).
-    let mut drop_all = [libc::sock_filter {
-        code: (libc::BPF_RET | libc::BPF_K) as u16,
-        jt: 0,
-        jf: 0,
-        k: 0,
-    }];
-    let prog = libc::sock_fprog {
-        len: 1,
-        filter: drop_all.as_mut_ptr(),
+    let mut prog = syn_filter();
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
     };
-    // SAFETY: `prog` points at `drop_all`, a live one-instruction program whose length it
-    // states; both outlive the call, which copies the program; the length passed is the
-    // size of `sock_fprog`.
+    // SAFETY: `fprog` points at `prog`, a live program whose length it states; both outlive
+    // the call, which copies the program; the length passed is the size of `sock_fprog`.
     cvt(unsafe {
         libc::setsockopt(
             l.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_ATTACH_FILTER,
-            (&raw const prog).cast(),
+            (&raw const fprog).cast(),
             mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
         )
     })?;
     Ok(())
+}
+
+/// Classic BPF run on TCP segments (offset 0 is the TCP header; byte 13 holds the flags):
+/// drop a segment whose SYN bit is set and ACK bit is clear, keep everything else.
+fn syn_filter() -> [libc::sock_filter; 5] {
+    const SYN: u32 = 0x02;
+    const ACK: u32 = 0x10;
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    [
+        // A = tcp flags
+        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 13),
+        op(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, 0, 0, SYN | ACK),
+        // A == SYN (no ACK): a new handshake; drop it. Else keep.
+        op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 1, SYN),
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, 0),
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX),
+    ]
 }
 
 /// `count` listeners on `addr`, all on the same port: with port 0, the first one picks a free
@@ -240,6 +259,30 @@ mod tests {
         };
         assert_eq!(accepted.1, before.local_addr().unwrap());
         assert!(after.join().unwrap().is_err(), "no handshake completes");
+    }
+
+    /// The filter must drop only handshake starts: a connection's data (and a handshake's
+    /// final ACK) passes. If it dropped everything (or read the flags at the wrong offset),
+    /// the bytes sent on a filtered, established connection would never arrive.
+    #[test]
+    fn the_refusing_filter_lets_established_traffic_through() {
+        let l = bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let mut s = loop {
+            match l.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        refuse_new(&s).unwrap();
+        c.write_all(b"after the filter").unwrap();
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut b = [0; 16];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"after the filter");
     }
 
     #[test]

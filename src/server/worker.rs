@@ -36,6 +36,10 @@ const BACKOFF_MAX_MS: u64 = 1000;
 const DRAIN_TICK: Duration = Duration::from_millis(50);
 /// While draining, an idle connection is closed once it has been quiet this long (ms).
 const DRAIN_QUIET_MS: u64 = 100;
+/// While draining, the listener stays open this long after it stops taking new handshakes,
+/// for those already under way to complete (a round trip) and be accepted: closing it
+/// earlier would reset a client that believes it is connected.
+const LISTEN_HOLD: Duration = Duration::from_millis(100);
 /// A batch of records this large that the journal has not taken: new usages wait (`503`).
 const MAX_BATCH: usize = 64 << 20;
 
@@ -144,6 +148,7 @@ pub fn run(setup: Setup) {
         shutdown_timeout,
         grace_until: None,
         draining: None,
+        listen_until: None,
     };
     let mut events = Events::with_capacity(1024);
     while w.turn(&mut poll, &mut events, &mut app) {}
@@ -190,6 +195,8 @@ struct Worker {
     grace_until: Option<Instant>,
     /// When draining: the deadline for the last connections.
     draining: Option<Instant>,
+    /// When draining: when the listener, taking no new handshakes, closes.
+    listen_until: Option<Instant>,
 }
 
 impl Worker {
@@ -426,6 +433,11 @@ impl Worker {
                         Conn::accepted(buf, peer, self.now_ms, &self.limits.timeouts),
                     ));
                     self.open += 1;
+                    if self.draining.is_some()
+                        && let Some((_, c)) = self.slots[index].conn.as_mut()
+                    {
+                        c.begin_drain();
+                    }
                     self.metrics
                         .worker(self.index)
                         .add(metrics::CONNS_ACCEPTED, 1);
@@ -626,10 +638,22 @@ impl Worker {
         let Some(deadline) = self.draining else {
             return false;
         };
+        if self.listen_until.is_some_and(|t| now >= t) {
+            self.close_listener(poll);
+        }
         self.close_idle(app);
         self.commit(app);
         self.release(app);
-        (self.open == 0 && self.outbox.is_empty()) || now >= deadline
+        (self.listener.is_none() && self.open == 0 && self.outbox.is_empty()) || now >= deadline
+    }
+
+    /// Take the last completed handshakes, then close the listener.
+    fn close_listener(&mut self, poll: &Poll) {
+        self.accept(poll);
+        if let Some(mut l) = self.listener.take() {
+            let _ = poll.registry().deregister(&mut l);
+        }
+        self.listen_until = None;
     }
 
     /// Stop accepting; read what each connection already sent (answered normally, closing
@@ -637,8 +661,8 @@ impl Worker {
     fn start_drain(&mut self, poll: &Poll, app: &mut App, deadline: Instant) {
         self.draining = Some(deadline);
         // Closing a listener resets the connections waiting in its backlog: first let no new
-        // handshake complete (clients retry their SYN, and find the port closed), then take
-        // what is queued and serve it like the rest.
+        // handshake start (clients retry their SYN, and find the port closed), keep taking
+        // those already under way for `LISTEN_HOLD`, and serve them like the rest.
         if let Some(l) = &self.listener
             && let Err(e) = super::listener::refuse_new(l)
         {
@@ -647,10 +671,8 @@ impl Worker {
                 self.index
             );
         }
+        self.listen_until = Some(Instant::now() + LISTEN_HOLD);
         self.accept(poll);
-        if let Some(mut l) = self.listener.take() {
-            let _ = poll.registry().deregister(&mut l);
-        }
         for i in 0..self.slots.len() {
             let generation = self.slots[i].generation;
             if self.slots[i].conn.is_some() {
