@@ -18,8 +18,8 @@ fn main() -> ExitCode {
     let config = match config::parse(std::env::args().skip(1), env_port.as_deref()) {
         Ok(Command::Serve(c)) => c,
         Ok(Command::Export { data_dir, format }) => return export(&data_dir, format),
-        Ok(Command::Help) => {
-            print!("{}", config::USAGE);
+        Ok(Command::Help(text)) => {
+            print!("{text}");
             return ExitCode::SUCCESS;
         }
         Err(e) => {

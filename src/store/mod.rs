@@ -5,6 +5,7 @@
 
 pub mod arena;
 pub mod committer;
+pub mod export;
 pub mod ids;
 pub mod journal;
 pub mod recover;
