@@ -83,13 +83,8 @@ fn in_id_order(store: &Store, mut f: impl FnMut(u64, &super::StoredUsage) -> boo
 mod tests {
     use super::*;
     use crate::json::scan::{Patient, Usage};
+    use crate::store::recover::tests::{run, temp_dir};
     use crate::time::Timestamp;
-
-    fn temp_dir(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("usaged-export-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
-    }
 
     #[test]
     fn an_empty_store_exports_nothing_or_the_csv_header() {
@@ -102,13 +97,21 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_journal_reads_clean() {
-        let dir = temp_dir("empty");
-        std::fs::create_dir_all(&dir).unwrap();
+    fn a_journal_of_none_then_one_usage() {
+        let dir = temp_dir("export");
         let r = read(&dir).expect("an empty directory");
         assert!(!r.corrupt && r.warnings.is_empty(), "{:?}", r.warnings);
         assert_eq!(r.records, 0);
-        let _ = std::fs::remove_dir_all(&dir);
+        let ids = run(&dir, 1, 1);
+        let r = read(&dir).expect("a one-record journal");
+        assert!(!r.corrupt && r.warnings.is_empty(), "{:?}", r.warnings);
+        let mut out = Vec::new();
+        write(&r.store, ExportFormat::Csv, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[1].starts_with(&format!("{},", ids[0])), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
         assert!(read(&dir).is_err(), "a missing directory is an error");
     }
 

@@ -123,12 +123,7 @@ fn setups(stripes: u32, j: &Journal, r: &Recovered) -> Vec<committer::Setup> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn temp_dir(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("usaged-open-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
-    }
+    use crate::store::recover::tests::temp_dir;
 
     #[test]
     fn in_memory_has_a_writer_per_stripe_and_no_journal() {
@@ -140,7 +135,7 @@ mod tests {
 
     #[test]
     fn journaled_creates_locks_and_continues_the_directory() {
-        let dir = temp_dir("journaled").join("nested");
+        let dir = temp_dir("open").join("nested");
         let j = Journal {
             dir: &dir,
             repair: false,
