@@ -2,67 +2,114 @@
 //! drain, exit 0. `usaged export` prints the stored usages without a server.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use usaged::config::{self, Command, Config, ExportFormat};
-use usaged::server::{self, signals};
-use usaged::store::committer;
-use usaged::store::journal::{self, Header};
-use usaged::store::recover::{self, Options};
-use usaged::store::{Store, StripeWriter};
+use usaged::metrics::{Metrics, Totals};
+use usaged::server::{self, Running, signals};
+use usaged::store::Store;
+use usaged::store::export;
+use usaged::store::open::{self, Opened};
 
 fn main() -> ExitCode {
     let env_port = std::env::var("PORT").ok();
-    let config = match config::parse(std::env::args().skip(1), env_port.as_deref()) {
-        Ok(Command::Serve(c)) => c,
-        Ok(Command::Export { data_dir, format }) => return export(&data_dir, format),
-        Ok(Command::Help) => {
-            print!("{}", config::USAGE);
-            return ExitCode::SUCCESS;
+    match config::parse(std::env::args().skip(1), env_port.as_deref()) {
+        Ok(Command::Serve(config)) => done(serve(&config)),
+        Ok(Command::Export { data_dir, format }) => run_export(&data_dir, format),
+        Ok(Command::Help(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
         }
+        // Before anything is bound or opened.
         Err(e) => {
             eprintln!("usaged: {e}");
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
-    };
-    // A worker that dies must take the process with it, not leave a core unserved.
+    }
+}
+
+/// Exit 0, or name what failed and exit 1.
+fn done(served: Result<(), String>) -> ExitCode {
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("usaged: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Start, serve until SIGINT/SIGTERM, drain. Each error names what failed.
+fn serve(config: &Config) -> Result<(), String> {
+    abort_on_panic();
+    signals::block_shutdown_signals().map_err(|e| format!("cannot block shutdown signals: {e}"))?;
+    let nofile = raise_open_files();
+    // Before the journal is touched: two servers on one port would hand out the same ids.
+    let addr = SocketAddr::new(config.bind, config.port);
+    server::listener::ensure_free(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let Opened {
+        store,
+        writers,
+        journals,
+        lock: _lock,
+    } = open_store(config)?;
+    let stats_store = Arc::clone(&store);
+    let running = server::start(config, store, writers, journals)?;
+    print_started(config, &running, &nofile);
+    if let Some(every) = config.stats {
+        let metrics = Arc::clone(&running.metrics);
+        std::thread::spawn(move || status_lines(&metrics, &stats_store, every));
+    }
+    match signals::wait_for_shutdown() {
+        Ok(sig) => eprintln!("usaged: signal {sig}, draining"),
+        Err(e) => eprintln!("usaged: sigwait failed: {e}; shutting down"),
+    }
+    running.stop();
+    eprintln!("usaged: stopped");
+    Ok(())
+}
+
+/// A worker that dies must take the process with it, not leave a core unserved.
+fn abort_on_panic() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default_hook(info);
         std::process::abort();
     }));
-    if let Err(e) = signals::block_shutdown_signals() {
-        eprintln!("usaged: cannot block shutdown signals: {e}");
-        return ExitCode::FAILURE;
-    }
-    let nofile = match server::rlimit::raise_open_files() {
+}
+
+/// Raise the open-file limit to its hard limit; what it is now, for the start line.
+fn raise_open_files() -> String {
+    match server::rlimit::raise_open_files() {
         Ok((before, after)) if before < after => format!("{after} (raised from {before})"),
         Ok((_, after)) => after.to_string(),
         Err(e) => format!("unknown ({e})"),
-    };
-    // Before the journal is touched: two servers on one port would hand out the same ids.
-    let addr = std::net::SocketAddr::new(config.bind, config.port);
-    if let Err(e) = server::listener::ensure_free(addr) {
-        eprintln!("usaged: cannot listen on {addr}: {e}");
-        return ExitCode::FAILURE;
     }
-    let (store, writers, journals) = match open_store(&config) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("usaged: {e}");
-            return ExitCode::FAILURE;
-        }
+}
+
+/// The store, with one stripe per worker: recovered from `--data-dir`, or empty with
+/// `--in-memory`.
+fn open_store(config: &Config) -> Result<Opened, String> {
+    let stripes = server::worker_count(config) as u32;
+    if config.in_memory {
+        return Ok(open::in_memory(stripes));
+    }
+    let journal = open::Journal {
+        dir: &config.data_dir,
+        repair: config.repair,
+        sync: config.sync,
+        segment_bytes: config.segment_bytes,
     };
-    let stats_store = Arc::clone(&store);
-    let running = match server::start(&config, store, writers, journals) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("usaged: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    open::journaled(stripes, &journal)
+}
+
+/// The start lines on stderr: the settings in force, then `listening on ADDR` (which test
+/// harnesses wait for).
+fn print_started(config: &Config, running: &Running, nofile: &str) {
     let cpus: Vec<String> = running
         .cpus
         .iter()
@@ -97,22 +144,10 @@ fn main() -> ExitCode {
         "listening on {} ({} workers)",
         running.addr, running.workers
     );
-    if let Some(every) = config.stats {
-        let (metrics, store) = (Arc::clone(&running.metrics), stats_store);
-        std::thread::spawn(move || status_lines(&metrics, &store, every));
-    }
-    match signals::wait_for_shutdown() {
-        Ok(sig) => eprintln!("usaged: signal {sig}, draining"),
-        Err(e) => eprintln!("usaged: sigwait failed: {e}; shutting down"),
-    }
-    running.stop();
-    eprintln!("usaged: stopped");
-    ExitCode::SUCCESS
 }
 
 /// `--stats`: one line to stderr every `every`, about the interval just ended.
-fn status_lines(m: &usaged::metrics::Metrics, store: &Store, every: std::time::Duration) {
-    use usaged::metrics::Totals;
+fn status_lines(m: &Metrics, store: &Store, every: Duration) {
     let mut last = m.totals();
     loop {
         std::thread::sleep(every);
@@ -136,83 +171,10 @@ fn status_lines(m: &usaged::metrics::Metrics, store: &Store, every: std::time::D
     }
 }
 
-/// The store, one writer per worker and where each worker's journal continues: recovered
-/// from the journal, or empty and without one with `--in-memory`.
-type Opened = (Arc<Store>, Vec<StripeWriter>, Option<Vec<committer::Setup>>);
-
-fn open_store(config: &Config) -> Result<Opened, String> {
-    let stripes = server::worker_count(config) as u32;
-    if config.in_memory {
-        let store = Arc::new(Store::new(stripes));
-        let writers = (0..stripes).map(|s| store.writer(s)).collect();
-        return Ok((store, writers, None));
-    }
-    let dir = &config.data_dir;
-    journal::ensure_dir(dir)
-        .map_err(|e| format!("cannot create --data-dir {}: {e}", dir.display()))?;
-    // One server per data directory: a second one would hand out the same ids.
-    let lock = std::fs::File::create(dir.join("LOCK"))
-        .map_err(|e| format!("{}: {e}", dir.join("LOCK").display()))?;
-    if lock.try_lock().is_err() {
-        return Err(format!(
-            "another usaged is using --data-dir {}",
-            dir.display()
-        ));
-    }
-    // Held (and locked) until the process exits.
-    std::mem::forget(lock);
-    let r = recover::recover(
-        dir,
-        Options {
-            stripes,
-            repair: config.repair,
-            read_only: false,
-        },
-    )?;
-    for w in &r.warnings {
-        eprintln!("usaged: warning: {w}");
-    }
-    let secs = r.elapsed.as_secs_f64();
-    eprintln!(
-        "usaged: recovered {} usages from {} in {:.3} s ({:.1}M records/s)",
-        r.records,
-        dir.display(),
-        secs,
-        r.records as f64 / secs.max(1e-9) / 1e6
-    );
-    let journals = r
-        .journals
-        .iter()
-        .enumerate()
-        .map(|(s, c)| committer::Setup {
-            dir: dir.clone(),
-            header: Header {
-                stripes,
-                stripe: s as u32,
-                base: r.base,
-            },
-            seq: c.seq,
-            sync: config.sync,
-            segment_bytes: config.segment_bytes,
-            lease: c.lease,
-            last_id: c.last_id,
-            worker: s,
-        })
-        .collect();
-    Ok((r.store, r.writers, Some(journals)))
-}
-
 /// `usaged export`: every stored usage in id order, read-only; exit 1 if corruption was
 /// skipped (what could be read is still printed).
-fn export(dir: &Path, format: ExportFormat) -> ExitCode {
-    let r = match recover::recover(
-        dir,
-        Options {
-            stripes: 1,
-            repair: false,
-            read_only: true,
-        },
-    ) {
+fn run_export(dir: &Path, format: ExportFormat) -> ExitCode {
+    let r = match export::read(dir) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("usaged export: {e}");
@@ -224,41 +186,8 @@ fn export(dir: &Path, format: ExportFormat) -> ExitCode {
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    let mut line = Vec::with_capacity(1024);
-    if format == ExportFormat::Csv {
-        line.extend_from_slice(b"id,patientId,timestamp,medication\n");
-    }
-    let store = &r.store;
-    for (e, (base, stripes)) in store.epochs().into_iter().enumerate() {
-        let ranges: Vec<_> = (0..stripes).map(|s| store.stripe_slots(e, s)).collect();
-        let first = ranges.iter().map(|r| r.start).min().unwrap_or(0);
-        let end = ranges.iter().map(|r| r.end).max().unwrap_or(0);
-        for slot in first..end {
-            for s in 0..stripes {
-                if !ranges[s as usize].contains(&slot) {
-                    continue;
-                }
-                let id = base + usaged::store::ids::id_of(s, slot, stripes);
-                let Some(u) = store.get(id) else {
-                    continue;
-                };
-                match format {
-                    ExportFormat::Ndjson => {
-                        usaged::app::usages::write_json(&mut line, id, &u);
-                        line.push(b'\n');
-                    }
-                    ExportFormat::Csv => usaged::app::usages::write_csv(&mut line, id, &u),
-                }
-                if line.len() >= 1 << 15 {
-                    if out.write_all(&line).is_err() {
-                        return ExitCode::FAILURE;
-                    }
-                    line.clear();
-                }
-            }
-        }
-    }
-    if out.write_all(&line).and_then(|_| out.flush()).is_err() {
+    let written = export::write(&r.store, format, &mut out).and_then(|_| out.flush());
+    if written.is_err() {
         return ExitCode::FAILURE;
     }
     if r.corrupt {

@@ -121,6 +121,16 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
 /// Segments by stripe, and the bytes of each stripe moved aside by a repair.
 type Listed = (BTreeMap<StripeKey, Vec<Segment>>, BTreeMap<StripeKey, u64>);
 
+/// What one file of the data directory is to recovery.
+enum Entry {
+    /// A segment of the stripe `StripeKey`.
+    Segment(StripeKey, Segment),
+    /// Bytes of the stripe `StripeKey` that an earlier repair moved aside.
+    Aside(StripeKey, u64),
+    /// Nothing recovery reads (or a leftover it removed).
+    Skip,
+}
+
 /// Phase 1: every segment of `dir`, by stripe, in `seq` order; and the `*.corrupt-*` files
 /// earlier repairs left.
 fn list(dir: &Path, opt: Options, warnings: &mut Vec<String>) -> Result<Listed, String> {
@@ -129,78 +139,11 @@ fn list(dir: &Path, opt: Options, warnings: &mut Vec<String>) -> Result<Listed, 
     let entries = fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for entry in entries {
         let path = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.ends_with(".seg.tmp") {
-            if !opt.read_only {
-                fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-            warnings.push(format!(
-                "{}: a segment whose creation was cut short (no records); removed",
-                path.display()
-            ));
-            continue;
+        match classify(path, opt, warnings)? {
+            Entry::Segment(key, seg) => out.entry(key).or_default().push(seg),
+            Entry::Aside(key, len) => *aside.entry(key).or_default() += len,
+            Entry::Skip => {}
         }
-        if let Some((seg, _)) = name.split_once(".corrupt-") {
-            if let Some((h, _)) = journal::parse_name(seg) {
-                let len = fs::metadata(&path).map_or(0, |m| m.len());
-                *aside.entry((h.base, h.stripes, h.stripe)).or_default() += len;
-                warnings.push(format!(
-                    "{}: moved aside by an earlier repair: not read, and its ids are never given again",
-                    path.display()
-                ));
-            }
-            continue;
-        }
-        if !name.ends_with(".seg") {
-            continue;
-        }
-        let Some((named, seq)) = journal::parse_name(name)
-            .filter(|(h, _)| h.stripes > 0 && h.stripes <= MAX_STRIPES && h.stripe < h.stripes)
-        else {
-            return Err(format!(
-                "{}: not a segment name this build writes; move it out of the data directory",
-                path.display()
-            ));
-        };
-        let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if bytes.len() < HEADER_LEN {
-            if !opt.read_only {
-                fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-            warnings.push(format!(
-                "{}: {} bytes, shorter than a header, so no records; removed",
-                path.display(),
-                bytes.len()
-            ));
-            continue;
-        }
-        let header = Header::decode(&bytes).and_then(|h| {
-            if h == named {
-                Ok(h)
-            } else {
-                Err(format!(
-                    "header says epoch {} stripe {} of {}, the name another",
-                    h.base, h.stripe, h.stripes
-                ))
-            }
-        });
-        let bytes = match header {
-            Ok(_) => Some(bytes),
-            Err(e) if !opt.repair && !opt.read_only => {
-                return Err(format!(
-                    "{}: bad segment header ({e}); start with --repair to move this stripe's segments from it on aside",
-                    path.display()
-                ));
-            }
-            Err(e) => {
-                warnings.push(format!("{}: bad segment header ({e})", path.display()));
-                None
-            }
-        };
-        let key = (named.base, named.stripes, named.stripe);
-        out.entry(key)
-            .or_default()
-            .push(Segment { path, seq, bytes });
     }
     for segs in out.values_mut() {
         segs.sort_by_key(|s| s.seq);
@@ -208,15 +151,98 @@ fn list(dir: &Path, opt: Options, warnings: &mut Vec<String>) -> Result<Listed, 
     Ok((out, aside))
 }
 
+/// What the file at `path` is, by its name; a `*.seg.tmp` is removed (unless read-only).
+fn classify(path: PathBuf, opt: Options, warnings: &mut Vec<String>) -> Result<Entry, String> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if name.ends_with(".seg.tmp") {
+        if !opt.read_only {
+            fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        warnings.push(format!(
+            "{}: a segment whose creation was cut short (no records); removed",
+            path.display()
+        ));
+        return Ok(Entry::Skip);
+    }
+    if let Some((seg, _)) = name.split_once(".corrupt-") {
+        let Some((h, _)) = journal::parse_name(seg) else {
+            return Ok(Entry::Skip);
+        };
+        let len = fs::metadata(&path).map_or(0, |m| m.len());
+        warnings.push(format!(
+            "{}: moved aside by an earlier repair: not read, and its ids are never given again",
+            path.display()
+        ));
+        return Ok(Entry::Aside((h.base, h.stripes, h.stripe), len));
+    }
+    if !name.ends_with(".seg") {
+        return Ok(Entry::Skip);
+    }
+    read_segment(path, opt, warnings)
+}
+
+/// A `*.seg` file: read whole, its header checked against its name. One shorter than a
+/// header is removed (unless read-only); a bad header is an error, unless `repair` or
+/// read-only: then the segment has no bytes (the whole file is corrupt).
+fn read_segment(path: PathBuf, opt: Options, warnings: &mut Vec<String>) -> Result<Entry, String> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let Some((named, seq)) = journal::parse_name(name)
+        .filter(|(h, _)| h.stripes > 0 && h.stripes <= MAX_STRIPES && h.stripe < h.stripes)
+    else {
+        return Err(format!(
+            "{}: not a segment name this build writes; move it out of the data directory",
+            path.display()
+        ));
+    };
+    let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() < HEADER_LEN {
+        if !opt.read_only {
+            fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        warnings.push(format!(
+            "{}: {} bytes, shorter than a header, so no records; removed",
+            path.display(),
+            bytes.len()
+        ));
+        return Ok(Entry::Skip);
+    }
+    let header = Header::decode(&bytes).and_then(|h| {
+        if h == named {
+            Ok(h)
+        } else {
+            Err(format!(
+                "header says epoch {} stripe {} of {}, the name another",
+                h.base, h.stripe, h.stripes
+            ))
+        }
+    });
+    let bytes = match header {
+        Ok(_) => Some(bytes),
+        Err(e) if !opt.repair && !opt.read_only => {
+            return Err(format!(
+                "{}: bad segment header ({e}); start with --repair to move this stripe's segments from it on aside",
+                path.display()
+            ));
+        }
+        Err(e) => {
+            warnings.push(format!("{}: bad segment header ({e})", path.display()));
+            None
+        }
+    };
+    let key = (named.base, named.stripes, named.stripe);
+    Ok(Entry::Segment(key, Segment { path, seq, bytes }))
+}
+
 /// Phase 2: check one stripe's segments, cutting torn tails and (with `repair`) moving
 /// corruption aside.
 fn check_stripe(
-    (base, stripes, stripe): StripeKey,
+    key: StripeKey,
     segs: Vec<Segment>,
     opt: Options,
     warnings: &mut Vec<String>,
     corrupt: &mut bool,
 ) -> Result<StripeScan, String> {
+    let (base, stripes, stripe) = key;
     let mut s = StripeScan {
         next_seq: segs.last().map_or(0, |g| g.seq + 1),
         ..StripeScan::default()
@@ -225,93 +251,20 @@ fn check_stripe(
     for seg in segs {
         let shown = seg.path.display();
         if stopped {
-            s.lost_bytes += fs::metadata(&seg.path).map_or(0, |m| m.len());
-            if !opt.read_only {
-                move_aside(&seg.path, 0)?;
-            }
+            set_aside_whole(&seg.path, opt, &mut s)?;
             warnings.push(format!("{shown}: moved aside (after a bad record)"));
             continue;
         }
         let Some(bytes) = seg.bytes else {
-            s.lost_bytes += fs::metadata(&seg.path).map_or(0, |m| m.len());
-            if !opt.read_only {
-                move_aside(&seg.path, 0)?;
-            }
+            set_aside_whole(&seg.path, opt, &mut s)?;
             *corrupt = true;
             stopped = true;
             continue;
         };
-        // Walk the records; one whose id breaks the slot order counts as bad at its offset.
-        let mut bad_id: Option<(usize, u64, u64)> = None;
-        let mut start = s.start;
-        let before = s.records;
-        let mut here = 0u64;
-        // (offset, end, id of a usage or None for a lease, lease)
-        let mut found: Vec<(usize, usize, Option<u64>, u64)> = Vec::new();
-        let end = journal::scan(&bytes, |at, r| {
-            if bad_id.is_some() {
-                return;
-            }
-            let len = journal::decode(&bytes[at..]).map_or(0, |(_, n)| n);
-            match r {
-                Record::Lease(l) => found.push((at, at + len, None, l)),
-                Record::Usage { id, .. } => {
-                    let slot = (id > base)
-                        .then(|| ids::locate(id - base, stripes))
-                        .flatten()
-                        .filter(|&(st, _)| st == stripe)
-                        .map(|(_, slot)| slot);
-                    let want = start.map(|st| st + before + here);
-                    match (slot, want) {
-                        (Some(slot), Some(w)) if slot == w => {}
-                        (Some(slot), None) => start = Some(slot),
-                        _ => {
-                            let expected =
-                                want.map_or(0, |w| base + ids::id_of(stripe, w, stripes));
-                            bad_id = Some((at, id, expected));
-                            return;
-                        }
-                    }
-                    here += 1;
-                    found.push((at, at + len, Some(id), 0));
-                }
-            }
-        });
-        s.start = start;
-        let (cut, bad) = match (bad_id, end) {
-            (Some((at, id, want)), _) => (
-                at,
-                Some(format!(
-                    "record at offset {at} has id {id} where {want} was expected (a segment missing or out of place?)"
-                )),
-            ),
-            (None, End::Clean) => (bytes.len(), None),
-            (None, End::Torn { at }) => {
-                warnings.push(format!(
-                    "{shown}: torn tail at offset {at} ({} bytes) cut back to the last whole record",
-                    bytes.len() - at
-                ));
-                if !opt.read_only {
-                    truncate(&seg.path, at as u64)?;
-                }
-                (at, None)
-            }
-            (None, End::Corrupt { at }) => (at, Some(format!("bad record at offset {at}"))),
-        };
-        let mut good_end = HEADER_LEN;
-        for &(at, end, id, lease) in &found {
-            if at >= cut {
-                break;
-            }
-            match id {
-                Some(id) => {
-                    s.records += 1;
-                    s.last_id = id;
-                }
-                None => s.lease = lease,
-            }
-            good_end = end;
-        }
+        let walk = walk(&bytes, key, s.start, s.records);
+        s.start = walk.start;
+        let (cut, bad) = cut_point(&seg.path, &bytes, &walk, opt, warnings)?;
+        let good_end = keep_until(&walk, cut, &mut s);
         if let Some(why) = bad {
             *corrupt = true;
             if !opt.repair && !opt.read_only {
@@ -335,6 +288,122 @@ fn check_stripe(
         ));
     }
     Ok(s)
+}
+
+/// A whole segment none of whose records count (its header was bad, or a bad record came
+/// before it): its bytes are lost, and it is moved aside (unless read-only).
+fn set_aside_whole(path: &Path, opt: Options, s: &mut StripeScan) -> Result<(), String> {
+    s.lost_bytes += fs::metadata(path).map_or(0, |m| m.len());
+    if !opt.read_only {
+        move_aside(path, 0)?;
+    }
+    Ok(())
+}
+
+/// One segment's records, walked in order.
+struct Walk {
+    /// The stripe's first slot: as known before this segment, else its first usage's.
+    start: Option<u64>,
+    /// Each whole record before any bad one: `(offset, end, id of a usage or None for a
+    /// lease, lease)`.
+    found: Vec<(usize, usize, Option<u64>, u64)>,
+    /// The first usage whose id breaks the slot order: `(offset, id, expected id)`.
+    bad_id: Option<(usize, u64, u64)>,
+    /// How the records end (see [`journal::scan`]).
+    end: End,
+}
+
+/// Walk the records of `bytes`, a segment of stripe `key` whose records so far began at slot
+/// `start` and numbered `before`: each usage must have the next slot's id.
+fn walk(bytes: &[u8], (base, stripes, stripe): StripeKey, start: Option<u64>, before: u64) -> Walk {
+    let mut w = Walk {
+        start,
+        found: Vec::new(),
+        bad_id: None,
+        end: End::Clean,
+    };
+    let mut here = 0u64;
+    w.end = journal::scan(bytes, |at, r| {
+        if w.bad_id.is_some() {
+            return;
+        }
+        let len = journal::decode(&bytes[at..]).map_or(0, |(_, n)| n);
+        match r {
+            Record::Lease(l) => w.found.push((at, at + len, None, l)),
+            Record::Usage { id, .. } => {
+                let slot = (id > base)
+                    .then(|| ids::locate(id - base, stripes))
+                    .flatten()
+                    .filter(|&(st, _)| st == stripe)
+                    .map(|(_, slot)| slot);
+                let want = w.start.map(|st| st + before + here);
+                match (slot, want) {
+                    (Some(slot), Some(want)) if slot == want => {}
+                    (Some(slot), None) => w.start = Some(slot),
+                    _ => {
+                        let expected = want.map_or(0, |s| base + ids::id_of(stripe, s, stripes));
+                        w.bad_id = Some((at, id, expected));
+                        return;
+                    }
+                }
+                here += 1;
+                w.found.push((at, at + len, Some(id), 0));
+            }
+        }
+    });
+    w
+}
+
+/// Where the segment at `path` stops counting, and why if that is corruption. A torn tail is
+/// no corruption: it is cut back (unless read-only) with a warning.
+fn cut_point(
+    path: &Path,
+    bytes: &[u8],
+    walk: &Walk,
+    opt: Options,
+    warnings: &mut Vec<String>,
+) -> Result<(usize, Option<String>), String> {
+    Ok(match (walk.bad_id, walk.end) {
+        (Some((at, id, want)), _) => (
+            at,
+            Some(format!(
+                "record at offset {at} has id {id} where {want} was expected (a segment missing or out of place?)"
+            )),
+        ),
+        (None, End::Clean) => (bytes.len(), None),
+        (None, End::Torn { at }) => {
+            warnings.push(format!(
+                "{}: torn tail at offset {at} ({} bytes) cut back to the last whole record",
+                path.display(),
+                bytes.len() - at
+            ));
+            if !opt.read_only {
+                truncate(path, at as u64)?;
+            }
+            (at, None)
+        }
+        (None, End::Corrupt { at }) => (at, Some(format!("bad record at offset {at}"))),
+    })
+}
+
+/// Count the records before `cut` into `s` (usages, the last id, the lease); returns the end
+/// of the last of them (the header's end when there is none).
+fn keep_until(walk: &Walk, cut: usize, s: &mut StripeScan) -> usize {
+    let mut good_end = HEADER_LEN;
+    for &(at, end, id, lease) in &walk.found {
+        if at >= cut {
+            break;
+        }
+        match id {
+            Some(id) => {
+                s.records += 1;
+                s.last_id = id;
+            }
+            None => s.lease = lease,
+        }
+        good_end = end;
+    }
+    good_end
 }
 
 /// The epochs to build and whether the last one is new.
@@ -532,4 +601,4 @@ fn move_aside(path: &Path, from: usize) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

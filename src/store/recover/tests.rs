@@ -5,7 +5,8 @@ use crate::store::journal::SyncMode;
 use crate::time::Timestamp;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// A fresh, empty directory under the system temp dir.
+/// A fresh, empty directory under the system temp dir (also for the `open` and `export`
+/// tests).
 pub fn temp_dir(name: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let d = std::env::temp_dir().join(format!(
@@ -45,8 +46,8 @@ fn opts(stripes: u32) -> Options {
 }
 
 /// Store `n` usages through recovered writers with journals, as a run of `stripes` workers
-/// that stops cleanly.
-fn run(dir: &Path, stripes: u32, n: u64) -> Vec<u64> {
+/// that stops cleanly (also for the `export` tests).
+pub fn run(dir: &Path, stripes: u32, n: u64) -> Vec<u64> {
     let r = recover(dir, opts(stripes)).unwrap();
     let mut ids = Vec::new();
     let mut writers = r.writers;

@@ -1,0 +1,232 @@
+use super::*;
+
+fn args(s: &str) -> Vec<String> {
+    s.split_whitespace().map(String::from).collect()
+}
+
+fn serve(s: &str, env_port: Option<&str>) -> Config {
+    match parse(args(s), env_port) {
+        Ok(Command::Serve(c)) => *c,
+        other => panic!("{s}: {other:?}"),
+    }
+}
+
+#[test]
+fn defaults_env_and_flags() {
+    assert_eq!(parse(args(""), None), Ok(Command::Serve(Box::default())));
+    let d = Config::default();
+    assert_eq!(
+        (
+            d.bind,
+            d.port,
+            d.threads,
+            d.pin,
+            d.max_body,
+            d.max_header,
+            d.max_conns
+        ),
+        (
+            IpAddr::from([0, 0, 0, 0]),
+            3000,
+            None,
+            true,
+            65536,
+            8192,
+            None
+        )
+    );
+    assert_eq!(
+        (
+            d.header_timeout,
+            d.body_timeout,
+            d.idle_timeout,
+            d.write_timeout
+        ),
+        (
+            Duration::from_secs(10),
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+            Duration::from_secs(30)
+        )
+    );
+    assert_eq!(
+        (d.shutdown_timeout, d.drain_grace, d.segment_bytes),
+        (
+            Duration::from_secs(10),
+            Duration::ZERO,
+            crate::store::journal::SEGMENT_BYTES
+        )
+    );
+    assert_eq!(
+        (
+            &d.data_dir,
+            d.in_memory,
+            d.sync,
+            d.repair,
+            d.stats,
+            &d.access_log
+        ),
+        (
+            &PathBuf::from("usaged-data"),
+            false,
+            SyncMode::Interval,
+            false,
+            None,
+            &None
+        )
+    );
+    assert_eq!(serve("", Some("8080")).port, 8080);
+    let c = serve(
+        "--port 0 --threads 4 --no-pin --bind 127.0.0.1 --max-body=10 --max-header 1024",
+        Some("8080"),
+    );
+    assert_eq!(
+        (c.port, c.threads, c.pin, c.max_body, c.max_header),
+        (0, Some(4), false, 10, 1024)
+    );
+    assert_eq!(c.bind, IpAddr::from([127, 0, 0, 1]));
+    let c = serve(
+        "--header-timeout 0.5 --max-conns 7 --shutdown-timeout=2",
+        None,
+    );
+    assert_eq!(
+        (c.header_timeout, c.max_conns, c.shutdown_timeout),
+        (Duration::from_millis(500), Some(7), Duration::from_secs(2))
+    );
+    let c = serve(
+        "--sync always --segment-size 4096 --in-memory --repair --stats 1 --drain-grace 2 \
+         --access-log - --data-dir /d --body-timeout 3 --idle-timeout 4 --write-timeout 5",
+        None,
+    );
+    assert_eq!(
+        (
+            c.sync,
+            c.segment_bytes,
+            c.in_memory,
+            c.repair,
+            c.stats,
+            c.drain_grace
+        ),
+        (
+            SyncMode::Always,
+            4096,
+            true,
+            true,
+            Some(Duration::from_secs(1)),
+            Duration::from_secs(2)
+        )
+    );
+    assert_eq!(
+        (c.access_log, c.data_dir),
+        (Some(PathBuf::from("-")), PathBuf::from("/d"))
+    );
+    assert_eq!(
+        (c.body_timeout, c.idle_timeout, c.write_timeout),
+        (
+            Duration::from_secs(3),
+            Duration::from_secs(4),
+            Duration::from_secs(5)
+        )
+    );
+    // The last of a repeated flag wins (test harnesses append to their defaults).
+    assert_eq!(serve("--threads 4 --threads 1", None).threads, Some(1));
+    assert_eq!(serve("--sync never", None).sync, SyncMode::Never);
+}
+
+#[test]
+fn export_help_and_version() {
+    assert_eq!(
+        parse(args("export"), None),
+        Ok(Command::Export {
+            data_dir: PathBuf::from("usaged-data"),
+            format: ExportFormat::Ndjson
+        })
+    );
+    assert_eq!(
+        parse(args("export --data-dir=/x --format csv"), None),
+        Ok(Command::Export {
+            data_dir: PathBuf::from("/x"),
+            format: ExportFormat::Csv
+        })
+    );
+    for a in ["--help", "-h", "export --help"] {
+        let Ok(Command::Help(text)) = parse(args(a), None) else {
+            panic!("{a}")
+        };
+        assert!(text.contains("--data-dir <DIR>"), "{a}: {text}");
+    }
+    let Ok(Command::Help(v)) = parse(args("--version"), None) else {
+        panic!()
+    };
+    assert_eq!(v.trim(), format!("usaged {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn help_lists_each_flag_on_its_own_line() {
+    let Ok(Command::Help(text)) = parse(args("--help"), None) else {
+        panic!()
+    };
+    let flags: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().take(2).find(|w| w.starts_with("--")))
+        .collect();
+    for f in [
+        "--bind",
+        "--port",
+        "--threads",
+        "--no-pin",
+        "--max-body",
+        "--max-header",
+        "--max-conns",
+        "--header-timeout",
+        "--body-timeout",
+        "--idle-timeout",
+        "--write-timeout",
+        "--shutdown-timeout",
+        "--drain-grace",
+        "--data-dir",
+        "--in-memory",
+        "--sync",
+        "--segment-size",
+        "--repair",
+        "--stats",
+        "--access-log",
+        "--version",
+    ] {
+        assert_eq!(flags.iter().filter(|&&g| g == f).count(), 1, "{f}:\n{text}");
+    }
+    assert!(text.contains("export"), "{text}");
+}
+
+#[test]
+fn errors_name_the_flag() {
+    for (input, needle) in [
+        ("--port 70000", "--port"),
+        ("--port", "--port"),
+        ("--port -1", "--port"),
+        ("--threads 0", "--threads"),
+        ("--bind nowhere", "--bind"),
+        ("--max-body -1", "--max-body"),
+        ("--frobnicate", "--frobnicate"),
+        ("--header-timeout 0", "--header-timeout"),
+        ("--idle-timeout soon", "--idle-timeout"),
+        ("--max-conns 0", "--max-conns"),
+        ("--max-header 255", "--max-header"),
+        ("--segment-size 4095", "--segment-size"),
+        ("--drain-grace 100000", "--drain-grace"),
+        ("--sync sometimes", "--sync"),
+        ("export --format xml", "--format"),
+        ("export --port 1", "--port"),
+        ("--port 1 export", "export"),
+    ] {
+        let e = parse(args(input), None).unwrap_err();
+        assert!(e.contains(needle), "{input}: {e}");
+        assert_eq!(e.lines().count(), 1, "{input}: {e}");
+    }
+    assert!(parse(args(""), Some("http")).unwrap_err().contains("PORT"));
+    assert!(
+        parse(args("--write-timeot 1"), None)
+            .unwrap_err()
+            .contains("--write-timeout")
+    );
+}

@@ -1,0 +1,167 @@
+//! Setting the store up for a run: empty and without a journal (`--in-memory`), or recovered
+//! from the journal in the data directory, which the run then holds locked.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::committer;
+use super::journal::{self, Header, SyncMode};
+use super::recover::{self, Options, Recovered};
+use super::{Store, StripeWriter};
+
+/// A store ready to serve: one writer per worker, and where each worker's journal continues.
+pub struct Opened {
+    pub store: Arc<Store>,
+    pub writers: Vec<StripeWriter>,
+    /// One per worker (`None`: in memory, no journal).
+    pub journals: Option<Vec<committer::Setup>>,
+    /// The data directory's `LOCK` file, locked while this lives: keep it until the journal
+    /// threads have stopped (`None`: in memory).
+    pub lock: Option<File>,
+}
+
+/// What [`journaled`] needs from the flags.
+#[derive(Debug, Clone, Copy)]
+pub struct Journal<'a> {
+    /// `--data-dir`: created if missing.
+    pub dir: &'a Path,
+    /// `--repair`.
+    pub repair: bool,
+    /// `--sync`.
+    pub sync: SyncMode,
+    /// `--segment-size`.
+    pub segment_bytes: u64,
+}
+
+/// An empty store of `stripes` stripes, without a journal (`--in-memory`).
+pub fn in_memory(stripes: u32) -> Opened {
+    let store = Arc::new(Store::new(stripes));
+    let writers = (0..stripes).map(|s| store.writer(s)).collect();
+    Opened {
+        store,
+        writers,
+        journals: None,
+        lock: None,
+    }
+}
+
+/// The store recovered from the journal in `j.dir`, with `stripes` writers; warnings and a
+/// summary line go to stderr. Fails when the directory cannot be made or locked (another
+/// server uses it) or recovery refuses (see [`recover::recover`]).
+pub fn journaled(stripes: u32, j: &Journal) -> Result<Opened, String> {
+    let dir = j.dir;
+    journal::ensure_dir(dir)
+        .map_err(|e| format!("cannot create --data-dir {}: {e}", dir.display()))?;
+    let lock = lock(dir)?;
+    let opt = Options {
+        stripes,
+        repair: j.repair,
+        read_only: false,
+    };
+    let r = recover::recover(dir, opt)?;
+    report(dir, &r);
+    let journals = setups(stripes, j, &r);
+    Ok(Opened {
+        store: r.store,
+        writers: r.writers,
+        journals: Some(journals),
+        lock: Some(lock),
+    })
+}
+
+/// One server per data directory: a second one would hand out the same ids.
+fn lock(dir: &Path) -> Result<File, String> {
+    let path = dir.join("LOCK");
+    let lock = File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if lock.try_lock().is_err() {
+        return Err(format!(
+            "another usaged is using --data-dir {}",
+            dir.display()
+        ));
+    }
+    Ok(lock)
+}
+
+/// Recovery's warnings, then what it read and how fast, to stderr.
+fn report(dir: &Path, r: &Recovered) {
+    for w in &r.warnings {
+        eprintln!("usaged: warning: {w}");
+    }
+    let secs = r.elapsed.as_secs_f64();
+    eprintln!(
+        "usaged: recovered {} usages from {} in {:.3} s ({:.1}M records/s)",
+        r.records,
+        dir.display(),
+        secs,
+        r.records as f64 / secs.max(1e-9) / 1e6
+    );
+}
+
+/// Where each worker's journal thread goes on, after recovery.
+fn setups(stripes: u32, j: &Journal, r: &Recovered) -> Vec<committer::Setup> {
+    r.journals
+        .iter()
+        .enumerate()
+        .map(|(s, c)| committer::Setup {
+            dir: j.dir.to_path_buf(),
+            header: Header {
+                stripes,
+                stripe: s as u32,
+                base: r.base,
+            },
+            seq: c.seq,
+            sync: j.sync,
+            segment_bytes: j.segment_bytes,
+            lease: c.lease,
+            last_id: c.last_id,
+            worker: s,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::recover::tests::temp_dir;
+
+    #[test]
+    fn in_memory_has_a_writer_per_stripe_and_no_journal() {
+        let o = in_memory(3);
+        assert_eq!(o.writers.len(), 3);
+        assert!(o.journals.is_none() && o.lock.is_none());
+        assert_eq!(o.store.len(), 0);
+    }
+
+    #[test]
+    fn journaled_creates_locks_and_continues_the_directory() {
+        let dir = temp_dir("open").join("nested");
+        let j = Journal {
+            dir: &dir,
+            repair: false,
+            sync: SyncMode::Never,
+            segment_bytes: 1 << 20,
+        };
+        let o = journaled(2, &j).expect("an empty directory opens");
+        assert!(dir.join("LOCK").exists());
+        assert_eq!(o.writers.len(), 2);
+        let setups = o.journals.as_ref().expect("journaled");
+        assert_eq!(setups.len(), 2);
+        for (s, setup) in setups.iter().enumerate() {
+            assert_eq!((setup.worker, setup.header.stripe), (s, s as u32));
+            assert_eq!((setup.header.stripes, setup.seq), (2, 0));
+            assert_eq!(
+                (setup.sync, setup.segment_bytes),
+                (SyncMode::Never, 1 << 20)
+            );
+        }
+        let second = journaled(2, &j).err().expect("the directory is locked");
+        assert!(second.contains("another usaged"), "{second}");
+        drop(o);
+        assert!(
+            journaled(2, &j).is_ok(),
+            "the lock goes with the first store"
+        );
+        let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    }
+}
