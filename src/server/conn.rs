@@ -1,6 +1,6 @@
-//! One connection: its input ([`input`]), the request in progress, its latency clock
-//! ([`clock`]), and output a full socket could not take. A connection's state is one
-//! [`Phase`]; its deadline is one `match` on it ([`Conn::deadline`]).
+//! One connection: its input (`input.rs`), the request in progress, its latency clock
+//! (`clock.rs`), and output a full socket could not take. A connection's state is one
+//! `Phase`; its deadline is one `match` on it ([`Conn::deadline`]).
 //!
 //! The flow, driven by the worker:
 //! 1. [`Conn::on_ready`] (a readiness event): flush output held back by a full socket, then
@@ -14,9 +14,9 @@
 //!    was full) asks to be driven again once its answers are out.
 //!
 //! Syscalls per readiness: one `read` (a short read means the socket is drained, so no extra
-//! `read` to see `EAGAIN`; only a read that filled the buffer is followed by another), and
-//! one `write` per released part. Generic over the socket so the state machine runs in tests
-//! without a network ([`testing`]).
+//! `read` to see `EAGAIN`; only a read that filled the buffer is followed by another), one
+//! `write` for output held back, and one `write` per part the worker releases. Generic over the socket so the state machine runs in tests
+//! without a network (`testing.rs`).
 #![forbid(unsafe_code)]
 
 mod clock;

@@ -87,7 +87,8 @@ pub const LIMITS: Limits = Limits {
     timeouts: TIMEOUTS,
 };
 
-static WORKER_METRICS: LazyLock<WorkerMetrics> = LazyLock::new(Default::default);
+/// The counters of the one test worker.
+pub static WORKER_METRICS: LazyLock<WorkerMetrics> = LazyLock::new(Default::default);
 
 /// What a worker lends its connections: an app over a one-stripe in-memory store, an output
 /// buffer and a `Date` cache.
@@ -115,19 +116,29 @@ impl Fixture {
     /// The context of one drive at time 0, not draining, without an access log; answers are
     /// appended to `out` from its current end.
     pub fn ctx(&mut self) -> Ctx<'_> {
-        Ctx {
-            app: &mut self.app,
-            out_start: self.out.len(),
-            out: &mut self.out,
-            date: &self.date,
-            limits: LIMITS,
-            draining: false,
-            now_ms: 0,
-            turn_start: 0,
-            metrics: &WORKER_METRICS,
-            access: None,
-            log_time: b"",
-        }
+        let Fixture { app, out, date } = self;
+        ctx(app, out, date)
+    }
+
+    /// As [`Fixture::ctx`], with answers appended to `out` (a worker's outbox) instead.
+    pub fn ctx_into<'a>(&'a mut self, out: &'a mut Vec<u8>) -> Ctx<'a> {
+        ctx(&mut self.app, out, &self.date)
+    }
+}
+
+fn ctx<'a>(app: &'a mut App, out: &'a mut Vec<u8>, date: &'a DateCache) -> Ctx<'a> {
+    Ctx {
+        app,
+        out_start: out.len(),
+        out,
+        date,
+        limits: LIMITS,
+        draining: false,
+        now_ms: 0,
+        turn_start: 0,
+        metrics: &WORKER_METRICS,
+        access: None,
+        log_time: b"",
     }
 }
 
