@@ -1,6 +1,7 @@
-//! One connection: its input (`input.rs`), the request in progress, its latency clock
-//! (`clock.rs`), and output a full socket could not take. A connection's state is one
-//! `Phase`; its deadline is one `match` on it ([`Conn::deadline`]).
+//! One connection: its input (`input.rs`), the request in progress (answered in
+//! `request.rs`), its latency clock (`clock.rs`), and output a full socket could not take
+//! (`output.rs`, with the close). A connection's state is one `Phase`; its deadline is one
+//! `match` on it (`set_deadline`, read through [`Conn::deadline`]).
 //!
 //! The flow, driven by the worker:
 //! 1. [`Conn::on_ready`] (a readiness event): flush output held back by a full socket, then
@@ -21,11 +22,12 @@
 
 mod clock;
 mod input;
+mod output;
 mod request;
 #[cfg(test)]
 pub(crate) mod testing;
 
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::time::Instant;
 
 use crate::metrics::{self, WorkerMetrics};
@@ -393,31 +395,6 @@ impl Conn {
         Next::Keep
     }
 
-    /// Write output held back by a full socket. `None`: all of it went and the connection
-    /// goes on reading; else what the readiness ends with.
-    fn flush_unsent<S: Write>(&mut self, sock: &mut S, ctx: &mut Ctx<'_>) -> Option<Next> {
-        match write_once(sock, &self.unsent) {
-            Ok(0) => {}
-            Ok(n) => {
-                ctx.metrics.add(metrics::BYTES_OUT, n as u64);
-                self.unsent.drain(..n);
-                self.active_ms = ctx.now_ms;
-            }
-            Err(_) => return Some(Next::Close),
-        }
-        if !self.unsent.is_empty() {
-            return Some(Next::Keep);
-        }
-        if self.done_reading() {
-            if self.held_parts > 0 {
-                // Its last answers still wait for the journal: closing comes after them.
-                return Some(Next::Keep);
-            }
-            return Some(self.finish_close());
-        }
-        None
-    }
-
     /// Answer what is buffered, then read, until the socket is drained, the output is full
     /// or nothing more will be read. `Err`: the socket failed.
     fn answer_and_read<S: Read>(
@@ -464,59 +441,6 @@ impl Conn {
         }
     }
 
-    /// Send this connection's answers from the turn (`out`: its part of the worker's output
-    /// buffer, written after the journal), and close if that was the last thing to do.
-    pub fn complete<S: Write>(
-        &mut self,
-        sock: &mut S,
-        out: &[u8],
-        ctx_now_ms: u64,
-        t: &Timeouts,
-        m: &WorkerMetrics,
-    ) -> Next {
-        if let Phase::Lingering { .. } = self.phase {
-            // Already closing: it only reads and discards now.
-            return Next::Keep;
-        }
-        if !self.unsent.is_empty() {
-            // Earlier answers are still queued: these go behind them, in order.
-            self.unsent.extend_from_slice(out);
-        } else if !out.is_empty() {
-            match write_once(sock, out) {
-                Ok(n) => {
-                    m.add(metrics::BYTES_OUT, n as u64);
-                    if n > 0 {
-                        self.active_ms = ctx_now_ms;
-                    }
-                    if n < out.len() {
-                        self.unsent.extend_from_slice(&out[n..]);
-                        self.more = false;
-                    }
-                }
-                Err(_) => return Next::Close,
-            }
-        }
-        let next = if !self.unsent.is_empty() || self.held_parts > 0 {
-            Next::Keep
-        } else if self.done_reading() {
-            self.more = false;
-            self.finish_close()
-        } else {
-            self.input.shrink_if_grown();
-            Next::Keep
-        };
-        if next != Next::Close {
-            self.set_deadline(ctx_now_ms, t);
-        }
-        next
-    }
-
-    /// Whether the connection stopped with complete requests left (its output was full) and
-    /// wants to be driven again once its answers are out.
-    pub fn take_more(&mut self) -> bool {
-        std::mem::take(&mut self.more)
-    }
-
     /// One readiness driven to the end without a journal, as the worker does it for a single
     /// connection: `on_ready`, `complete`, and again while it has more. For tests and tools.
     pub fn run_once<S: Read + Write>(
@@ -542,39 +466,6 @@ impl Conn {
             readable = true;
         }
     }
-
-    /// Everything it had to send is out: close now if nothing is left unread, else shut our
-    /// side and linger.
-    fn finish_close(&mut self) -> Next {
-        if self.input.eof || (self.input.is_empty() && self.input.drained && self.body().is_none())
-        {
-            Next::Close
-        } else {
-            self.phase = Phase::Lingering { discarded: 0 };
-            self.deadline_ms = u64::MAX;
-            Next::Linger
-        }
-    }
-
-    /// Read and discard until the client closes (or sends too much), then close.
-    fn linger<S: Read>(&mut self, sock: &mut S, mut discarded: usize) -> Next {
-        loop {
-            match self.input.discard_from(sock) {
-                Ok(0) => return Next::Close,
-                Ok(n) => {
-                    discarded += n;
-                    if discarded > LINGER_MAX {
-                        return Next::Close;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Next::Close,
-            }
-        }
-        self.phase = Phase::Lingering { discarded };
-        Next::Keep
-    }
 }
 
 /// Answer with the error `r`, and count it.
@@ -589,18 +480,6 @@ fn answer<'c>(ctx: &'c mut Ctx<'_>) -> Answer<'c> {
         out: ctx.out,
         date: ctx.date,
         force_close: ctx.draining,
-    }
-}
-
-/// One `write`; a full socket is 0 bytes written, not an error.
-fn write_once<S: Write>(sock: &mut S, data: &[u8]) -> io::Result<usize> {
-    loop {
-        match sock.write(data) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
     }
 }
 
