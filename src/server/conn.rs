@@ -95,8 +95,8 @@ impl Limits {
 /// connection.
 pub struct Ctx<'a> {
     pub app: &'a mut App,
-    /// The worker's output buffer for this loop turn; this connection's answers are appended
-    /// from `out_start` on.
+    /// The bytes of the worker's outbox (`outbox.rs`), where answers wait for their journal
+    /// batch; this connection's answers are appended from `out_start` on.
     pub out: &'a mut Vec<u8>,
     pub out_start: usize,
     pub date: &'a DateCache,

@@ -86,7 +86,8 @@ pub fn run(setup: Setup) {
         committer,
         setup.limits,
         setup.max_conns,
-        (setup.drain_grace, setup.shutdown_timeout),
+        setup.drain_grace,
+        setup.shutdown_timeout,
     );
     let mut events = Events::with_capacity(1024);
     while w.turn(&mut poll, &mut events, &mut app) {}
@@ -163,6 +164,7 @@ struct Worker {
 }
 
 impl Worker {
+    // One argument per thing the loop starts with that `open_loop` did not consume.
     #[allow(clippy::too_many_arguments)]
     fn new(
         index: usize,
@@ -172,7 +174,8 @@ impl Worker {
         committer: Option<Committer>,
         limits: Limits,
         max_conns: usize,
-        (drain_grace, shutdown_timeout): (Duration, Duration),
+        drain_grace: Duration,
+        shutdown_timeout: Duration,
     ) -> Self {
         Worker {
             index,
