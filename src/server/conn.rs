@@ -1,23 +1,46 @@
-//! One connection: its read buffer, the request in progress, and output a full socket could
-//! not take. [`Conn::on_ready`] is the whole state machine: flush what was held back, then
-//! read → frame → answer until the socket is drained, then one `write` for the batch.
+//! One connection: its input (`input.rs`), the request in progress (answered in
+//! `request.rs`), its latency clock (`clock.rs`), and output a full socket could not take
+//! (`output.rs`, with the close). A connection's state is one `Phase`; its deadline is one
+//! `match` on it (`set_deadline`, read through [`Conn::deadline`]).
+//!
+//! The flow, driven by the worker:
+//! 1. [`Conn::on_ready`] (a readiness event): flush output held back by a full socket, then
+//!    read → frame → answer until the socket is drained or the output is full. Answers are
+//!    appended to the worker's outbox ([`Ctx::out`]); nothing is written here, since an
+//!    answer may wait there for the journal batch that holds its records (`outbox.rs`).
+//! 2. [`Conn::complete`] (the worker, once that batch is written): one `write` of this
+//!    connection's released answers, then close if that was the last thing to do. Output the
+//!    socket does not take waits in the connection (`unsent`) for the next writable event.
+//! 3. [`Conn::take_more`]: a connection that stopped with complete requests left (its output
+//!    was full) asks to be driven again once its answers are out.
 //!
 //! Syscalls per readiness: one `read` (a short read means the socket is drained, so no extra
-//! `read` to see `EAGAIN`; only a read that filled the buffer is followed by another) and one
-//! `write`. Generic over the socket so the state machine runs in tests without a network.
+//! `read` to see `EAGAIN`; only a read that filled the buffer is followed by another), one
+//! `write` for output held back, and one `write` per part the worker releases. Generic over the socket so the state machine runs in tests
+//! without a network (`testing.rs`).
+#![forbid(unsafe_code)]
 
-use std::io::{self, Read, Write};
+mod clock;
+mod input;
+mod output;
+mod request;
+#[cfg(test)]
+pub(crate) mod testing;
+
+use std::io::{Read, Write};
 use std::time::Instant;
 
-use crate::access_log::{Line, WorkerLog};
 use crate::metrics::{self, WorkerMetrics};
 
-use crate::app::{self, Answer, App, Route, router};
-use crate::http::chunked::{ChunkError, Chunked, Progress};
+use crate::access_log::WorkerLog;
+use crate::app::{self, Answer, App, Route};
+use crate::http::chunked::Chunked;
 use crate::http::date::DateCache;
-use crate::http::request::{Framing, Head, Parsed, parse_head};
-use crate::http::response;
+use crate::http::request::Head;
 use crate::http::status::Reject;
+
+use clock::Clock;
+use input::{Got, Input};
 
 /// Read buffer of a new connection; also what an idle one shrinks back to.
 pub const DEFAULT_BUF: usize = 8 * 1024;
@@ -72,8 +95,8 @@ impl Limits {
 /// connection.
 pub struct Ctx<'a> {
     pub app: &'a mut App,
-    /// The worker's output buffer for this loop turn; this connection's answers are appended
-    /// from `out_start` on.
+    /// The bytes of the worker's outbox (`outbox.rs`), where answers wait for their journal
+    /// batch; this connection's answers are appended from `out_start` on.
     pub out: &'a mut Vec<u8>,
     pub out_start: usize,
     pub date: &'a DateCache,
@@ -113,6 +136,20 @@ struct Pending {
     since_ms: u64,
 }
 
+/// Where a connection is in its life. `body`: a request whose head is parsed and whose body
+/// has not all arrived.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Reading and answering requests.
+    Open { body: Option<Pending> },
+    /// An answer that closes the connection is queued: no more requests are read or answered
+    /// (`body`: a request whose body was left unread, which makes the close linger).
+    Closing { body: Option<Pending> },
+    /// Our side is shut: reading and discarding (`discarded` bytes so far) until the client
+    /// closes, so unread bytes do not turn into a reset that destroys the answer in flight.
+    Lingering { discarded: usize },
+}
+
 /// Why [`Conn::process`] stopped.
 #[derive(PartialEq, Eq)]
 enum Stop {
@@ -123,34 +160,16 @@ enum Stop {
 }
 
 pub struct Conn {
-    /// INVARIANT: `start <= end <= buf.len()`; `buf[start..end]` is received, unanswered input.
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-    pending: Option<Pending>,
+    input: Input,
+    phase: Phase,
     /// Output the socket did not take yet. Empty in steady state (keeps its capacity).
     unsent: Vec<u8>,
-    /// An answer that closes the connection is queued: no more requests are read.
-    closing: bool,
-    /// Stopped with complete requests left because its output was full.
+    /// Stopped with complete requests left because its output was full (see
+    /// [`Conn::take_more`]).
     more: bool,
-    /// When the read that brought the first byte of the request at `start` happened.
-    req_started: Option<Instant>,
-    last_read: Option<Instant>,
-    /// Requests answered in this readiness: the first one's start, and how many more (which
-    /// started at `last_read`).
-    batch_first: Option<Instant>,
-    batch_rest: u64,
+    clock: Clock,
     /// The client's address (for the access log).
     peer: Option<std::net::SocketAddr>,
-    /// The client closed its sending side.
-    eof: bool,
-    /// The last read left the socket drained.
-    drained: bool,
-    /// The event said the peer closed its side (EPOLLRDHUP): read on to the EOF, since no
-    /// further edge will announce it.
-    hup: bool,
-    lingering: Option<usize>,
     /// When the first byte of the request at `start` arrived, once one has.
     head_since_ms: Option<u64>,
     /// When the connection last made progress (answered a request, wrote output).
@@ -161,8 +180,6 @@ pub struct Conn {
     /// The deadline of this connection's live entry in the worker's timer wheel, if filed
     /// (see `timer.rs`).
     pub filed_ms: Option<u64>,
-    /// Shutting down: input at `start >= admitted` arrived after the drain began (`503`).
-    admitted: Option<usize>,
     /// The journal batch this connection's latest answers in the worker's outbox wait for
     /// (kept by the worker: a later answer never waits for less).
     pub wait: u64,
@@ -176,28 +193,17 @@ pub struct Conn {
 impl Conn {
     pub fn new(buf: Box<[u8]>) -> Self {
         Conn {
-            buf,
-            start: 0,
-            end: 0,
-            pending: None,
+            input: Input::new(buf),
+            phase: Phase::Open { body: None },
             unsent: Vec::new(),
-            closing: false,
             more: false,
-            req_started: None,
-            last_read: None,
-            batch_first: None,
-            batch_rest: 0,
+            clock: Clock::default(),
             peer: None,
-            eof: false,
-            drained: true,
-            hup: false,
-            lingering: None,
             head_since_ms: None,
             active_ms: 0,
             deadline_ms: 0,
             timeout: Timeout::Idle,
             filed_ms: None,
-            admitted: None,
             wait: 0,
             held_parts: 0,
             held_bytes: 0,
@@ -220,48 +226,76 @@ impl Conn {
 
     /// The readiness event said the peer closed its sending side.
     pub fn note_read_closed(&mut self) {
-        self.hup = true;
+        self.input.hup = true;
     }
 
     /// Shutting down: what is buffered now was read before the drain and is answered; any
     /// request after it gets `503` and the connection closes.
     pub fn begin_drain(&mut self) {
-        self.admitted = Some(self.end);
+        self.input.begin_drain();
     }
 
     /// Shutting down an idle connection: send a FIN (the worker shuts our side) and read and
     /// discard until the client closes, so nothing it sent turns into a reset.
     pub fn close_gracefully(&mut self, now_ms: u64, linger_ms: u64) -> Next {
-        self.lingering = Some(0);
+        self.phase = Phase::Lingering { discarded: 0 };
         self.deadline_ms = now_ms + linger_ms;
         self.timeout = Timeout::Linger;
         Next::Linger
     }
 
-    /// Input moved down by `k` bytes: keep the drain mark on the same byte.
-    fn shifted(&mut self, k: usize) {
-        if let Some(a) = &mut self.admitted {
-            *a = a.saturating_sub(k);
+    /// The request whose body is arriving, if any.
+    fn body(&self) -> Option<Pending> {
+        match self.phase {
+            Phase::Open { body } | Phase::Closing { body } => body,
+            Phase::Lingering { .. } => None,
         }
+    }
+
+    /// Keep `body` as the request in progress (in whichever phase the connection is).
+    fn set_body(&mut self, new: Option<Pending>) {
+        if let Phase::Open { body } | Phase::Closing { body } = &mut self.phase {
+            *body = new;
+        }
+    }
+
+    /// An answer that closes the connection was queued: read and answer nothing more.
+    fn close_after(&mut self) {
+        if let Phase::Open { body } = self.phase {
+            self.phase = Phase::Closing { body };
+        }
+    }
+
+    fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing { .. })
+    }
+
+    /// No more requests will come in: ours closes, or the client closed its side.
+    fn done_reading(&self) -> bool {
+        self.is_closing() || self.input.eof
     }
 
     /// Work out the deadline for the state the connection is in now: a plain store per
     /// readiness; the timer wheel checks it lazily. A lingering close keeps the deadline it
-    /// was given when it began.
+    /// was given when it began; output the client does not take counts before any request.
     fn set_deadline(&mut self, now: u64, t: &Timeouts) {
-        let (at, kind) = if self.lingering.is_some() {
-            (self.deadline_ms.min(now + t.linger_ms), Timeout::Linger)
-        } else if !self.unsent.is_empty() {
-            (self.active_ms + t.write_ms, Timeout::Write)
-        } else if let Some(p) = &self.pending {
-            (p.since_ms + t.body_ms, Timeout::Body)
-        } else if self.start < self.end {
-            (
-                *self.head_since_ms.get_or_insert(now) + t.header_ms,
-                Timeout::Header,
-            )
-        } else {
-            (self.active_ms + t.idle_ms, Timeout::Idle)
+        let (at, kind) = match &self.phase {
+            Phase::Lingering { .. } => (self.deadline_ms.min(now + t.linger_ms), Timeout::Linger),
+            _ if !self.unsent.is_empty() => (self.active_ms + t.write_ms, Timeout::Write),
+            Phase::Open { body: Some(p) } | Phase::Closing { body: Some(p) } => {
+                (p.since_ms + t.body_ms, Timeout::Body)
+            }
+            Phase::Open { body: None } | Phase::Closing { body: None }
+                if !self.input.is_empty() =>
+            {
+                (
+                    *self.head_since_ms.get_or_insert(now) + t.header_ms,
+                    Timeout::Header,
+                )
+            }
+            Phase::Open { body: None } | Phase::Closing { body: None } => {
+                (self.active_ms + t.idle_ms, Timeout::Idle)
+            }
         };
         self.deadline_ms = at;
         self.timeout = kind;
@@ -281,15 +315,16 @@ impl Conn {
             Timeout::Header | Timeout::Body if self.unsent.is_empty() => {
                 // The 408 goes out through `complete`, which then closes (lingering over what
                 // the client may still be sending).
-                let head = self.pending.take().map(|p| p.head);
+                let head = self.body().map(|p| p.head);
+                self.set_body(None);
                 refuse(
                     Reject::RequestTimeout,
                     head.as_ref(),
                     metrics::ROUTE_OTHER,
                     ctx,
                 );
-                self.closing = true;
-                self.drained = false;
+                self.close_after();
+                self.input.drained = false;
                 Next::Keep
             }
             Timeout::Idle | Timeout::Header | Timeout::Body | Timeout::Write | Timeout::Linger => {
@@ -300,13 +335,13 @@ impl Conn {
 
     /// Give back the read buffer for reuse by the next connection.
     pub fn into_buf(self) -> Box<[u8]> {
-        self.buf
+        self.input.into_buf()
     }
 
     /// Accepted less than a second ago and nothing read yet: its first request may be on the
     /// way (a proxy opens connections before it has requests for them).
     pub fn fresh(&self, now_ms: u64) -> bool {
-        self.last_read.is_none() && now_ms < self.active_ms + 1000
+        self.clock.never_read() && now_ms < self.active_ms + 1000
     }
 
     /// No progress (an answer, a write) for `ms`: a client still using the connection would
@@ -317,9 +352,9 @@ impl Conn {
 
     /// No request in progress and nothing to send: safe to close when shutting down.
     pub fn is_idle(&self) -> bool {
-        self.start == self.end
+        self.input.is_empty()
             && self.unsent.is_empty()
-            && self.lingering.is_none()
+            && !matches!(self.phase, Phase::Lingering { .. })
             && self.held_parts == 0
     }
 
@@ -337,145 +372,73 @@ impl Conn {
         next
     }
 
-    fn drive<S: Read + Write>(
-        &mut self,
-        sock: &mut S,
-        ctx: &mut Ctx<'_>,
-        mut readable: bool,
-    ) -> Next {
-        if let Some(discarded) = self.lingering {
+    /// The readiness in steps: a lingering close only discards; output held back goes
+    /// first; then answer and read in turn; then record the latency of what was answered.
+    /// The answers wait in the worker's outbox until the journal has this turn's usages; then
+    /// the worker hands them to `complete`.
+    fn drive<S: Read + Write>(&mut self, sock: &mut S, ctx: &mut Ctx<'_>, readable: bool) -> Next {
+        if let Phase::Lingering { discarded } = self.phase {
             return self.linger(sock, discarded);
         }
+        let mut readable = readable;
         if !self.unsent.is_empty() {
-            match write_once(sock, &self.unsent) {
-                Ok(0) => {}
-                Ok(n) => {
-                    ctx.metrics.add(metrics::BYTES_OUT, n as u64);
-                    self.unsent.drain(..n);
-                    self.active_ms = ctx.now_ms;
-                }
-                Err(_) => return Next::Close,
-            }
-            if !self.unsent.is_empty() {
-                return Next::Keep;
-            }
-            if self.closing || self.eof {
-                if self.held_parts > 0 {
-                    // Its last answers still wait for the journal: closing comes after them.
-                    return Next::Keep;
-                }
-                return self.finish_close();
+            if let Some(next) = self.flush_unsent(sock, ctx) {
+                return next;
             }
             // Reads were paused while output was held back: data may be waiting unannounced.
             readable = true;
         }
+        if self.answer_and_read(sock, ctx, readable).is_err() {
+            return Next::Close;
+        }
+        self.clock.report(ctx.metrics);
+        Next::Keep
+    }
+
+    /// Answer what is buffered, then read, until the socket is drained, the output is full
+    /// or nothing more will be read. `Err`: the socket failed.
+    fn answer_and_read<S: Read>(
+        &mut self,
+        sock: &mut S,
+        ctx: &mut Ctx<'_>,
+        mut readable: bool,
+    ) -> Result<(), ()> {
         loop {
             if self.process(ctx) == Stop::OutputFull {
                 // Answer the rest after this output is out (the worker drives us again).
                 self.more = true;
-                break;
+                return Ok(());
             }
-            if self.closing || self.eof || !readable {
-                break;
+            if self.done_reading() || !readable {
+                return Ok(());
             }
-            if !self.make_room(ctx.limits) {
+            if !self.input.make_room(ctx.limits.max_buf()) {
                 refuse(
                     Reject::BadRequest("request too large"),
                     None,
                     metrics::ROUTE_OTHER,
                     ctx,
                 );
-                self.closing = true;
-                break;
+                self.close_after();
+                return Ok(());
             }
-            let space = self.buf.len() - self.end;
-            match sock.read(&mut self.buf[self.end..]) {
-                Ok(0) => self.eof = true,
-                Ok(n) => {
-                    let t = Instant::now();
-                    if self.start == self.end {
-                        self.req_started = Some(t);
-                    }
-                    self.last_read = Some(t);
+            let first = self.input.is_empty();
+            match self.input.read_from(sock) {
+                Got::Eof => self.input.eof = true,
+                Got::Bytes { n, filled } => {
+                    self.clock.read(Instant::now(), first);
                     ctx.metrics.add(metrics::BYTES_IN, n as u64);
-                    self.end += n;
-                    readable = n == space || self.hup;
-                    self.drained = !readable;
+                    readable = filled || self.input.hup;
+                    self.input.drained = !readable;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.drained = true;
-                    break;
+                Got::Drained => {
+                    self.input.drained = true;
+                    return Ok(());
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Next::Close,
+                Got::Retry => {}
+                Got::Failed => return Err(()),
             }
         }
-        if self.batch_first.is_some() || self.batch_rest > 0 {
-            let now = Instant::now();
-            let ns = |t: Option<Instant>| t.map_or(0, |t| now.duration_since(t).as_nanos() as u64);
-            ctx.metrics.latency(ns(self.batch_first), 1);
-            ctx.metrics.latency(ns(self.last_read), self.batch_rest);
-            self.batch_first = None;
-            self.batch_rest = 0;
-        }
-        // The answers wait in the worker's output buffer until the journal has this turn's
-        // usages; then the worker hands them to `complete`.
-        Next::Keep
-    }
-
-    /// Send this connection's answers from the turn (`out`: its part of the worker's output
-    /// buffer, written after the journal), and close if that was the last thing to do.
-    pub fn complete<S: Write>(
-        &mut self,
-        sock: &mut S,
-        out: &[u8],
-        ctx_now_ms: u64,
-        t: &Timeouts,
-        m: &WorkerMetrics,
-    ) -> Next {
-        if self.lingering.is_some() {
-            // Already closing: it only reads and discards now.
-            return Next::Keep;
-        }
-        if !self.unsent.is_empty() {
-            // Earlier answers are still queued: these go behind them, in order.
-            self.unsent.extend_from_slice(out);
-        } else if !out.is_empty() {
-            match write_once(sock, out) {
-                Ok(n) => {
-                    m.add(metrics::BYTES_OUT, n as u64);
-                    if n > 0 {
-                        self.active_ms = ctx_now_ms;
-                    }
-                    if n < out.len() {
-                        self.unsent.extend_from_slice(&out[n..]);
-                        self.more = false;
-                    }
-                }
-                Err(_) => return Next::Close,
-            }
-        }
-        let next = if !self.unsent.is_empty() || self.held_parts > 0 {
-            Next::Keep
-        } else if self.closing || self.eof {
-            self.more = false;
-            self.finish_close()
-        } else {
-            if self.start == self.end && self.buf.len() > DEFAULT_BUF {
-                self.shrink();
-            }
-            Next::Keep
-        };
-        if next != Next::Close {
-            self.set_deadline(ctx_now_ms, t);
-        }
-        next
-    }
-
-    /// Whether the connection stopped with complete requests left (its output was full) and
-    /// wants to be driven again once its answers are out.
-    pub fn take_more(&mut self) -> bool {
-        std::mem::take(&mut self.more)
     }
 
     /// One readiness driven to the end without a journal, as the worker does it for a single
@@ -503,258 +466,6 @@ impl Conn {
             readable = true;
         }
     }
-    /// Answer every complete request in the buffer, in order.
-    fn process(&mut self, ctx: &mut Ctx<'_>) -> Stop {
-        loop {
-            if self.closing {
-                return Stop::Idle;
-            }
-            if self.start == self.end {
-                self.shifted(self.start);
-                self.start = 0;
-                self.end = 0;
-                return Stop::Idle;
-            }
-            if ctx.out.len() - ctx.out_start >= OUT_HIGH
-                || ctx.out.len().saturating_sub(ctx.turn_start) >= TURN_OUT_MAX
-                || self.held_bytes >= OUT_HIGH
-            {
-                return Stop::OutputFull;
-            }
-            if self.pending.is_none() && self.admitted.is_some_and(|a| self.start >= a) {
-                let r = Reject::Unavailable("server is shutting down");
-                refuse(r, None, metrics::ROUTE_OTHER, ctx);
-                self.closing = true;
-                return Stop::Idle;
-            }
-            let mut p = match self.pending {
-                Some(p) => p,
-                None => match parse_head(
-                    &self.buf[self.start..self.end],
-                    ctx.limits.max_header,
-                    ctx.limits.max_body,
-                ) {
-                    Parsed::Partial => return Stop::Idle,
-                    Parsed::Reject(r) => {
-                        refuse(r, None, metrics::ROUTE_OTHER, ctx);
-                        self.closing = true;
-                        return Stop::Idle;
-                    }
-                    Parsed::Head(head) => {
-                        let path = &self.buf[self.start + head.path.0..self.start + head.path.1];
-                        let route = router::route(&head, path);
-                        Pending {
-                            head,
-                            route,
-                            chunked: Chunked::default(),
-                            continue_sent: false,
-                            since_ms: ctx.now_ms,
-                        }
-                    }
-                },
-            };
-            let body_start = self.start + p.head.len;
-            let (body_len, consumed) = match p.head.framing {
-                Framing::None => (0, 0),
-                Framing::Length(n) if self.end - body_start >= n => (n, n),
-                Framing::Length(n) => {
-                    self.reserve(p.head.len + n);
-                    return self.await_body(p, ctx);
-                }
-                Framing::Chunked => match p
-                    .chunked
-                    .advance(&mut self.buf[body_start..self.end], ctx.limits.max_body)
-                {
-                    Ok(Progress::Done { decoded, consumed }) => (decoded, consumed),
-                    Ok(Progress::NeedMore) => {
-                        let freed = p.chunked.compact(&mut self.buf[body_start..self.end]);
-                        self.end -= freed;
-                        self.shifted(freed);
-                        return self.await_body(p, ctx);
-                    }
-                    Err(e) => {
-                        let r = match e {
-                            ChunkError::Malformed => Reject::BadRequest("malformed chunked body"),
-                            ChunkError::TooLarge => Reject::PayloadTooLarge,
-                        };
-                        refuse(r, Some(&p.head), Route::label(&p.route), ctx);
-                        self.closing = true;
-                        return Stop::Idle;
-                    }
-                },
-            };
-            self.pending = None;
-            let body = &mut self.buf[body_start..body_start + body_len];
-            let mut a = Answer {
-                out: ctx.out,
-                date: ctx.date,
-                force_close: ctx.draining,
-            };
-            let out_before = a.out.len();
-            let (close, status) = ctx.app.respond(p.route, &p.head, body, &mut a);
-            ctx.metrics.request(Route::label(&p.route), status);
-            if ctx.access.is_some() {
-                self.log(ctx, &p.head, status, out_before);
-            }
-            if close {
-                self.closing = true;
-            }
-            // Server time: from the read that brought the request's first byte to now (taken
-            // once per readiness, in `drive`).
-            match self.batch_first {
-                None if self.batch_rest == 0 => self.batch_first = self.req_started,
-                _ => self.batch_rest += 1,
-            }
-            self.start = body_start + consumed;
-            self.req_started = if self.start < self.end {
-                self.last_read
-            } else {
-                None
-            };
-            self.head_since_ms = None;
-            self.active_ms = ctx.now_ms;
-        }
-    }
-
-    /// The access-log line of the request at `start` (only with `--access-log`).
-    #[cold]
-    fn log(&self, ctx: &mut Ctx<'_>, head: &Head, status: u16, out_before: usize) {
-        let req = &self.buf[self.start..];
-        let method = &req[..req.iter().position(|&b| b == b' ').unwrap_or(0)];
-        let mut client = [0u8; 48];
-        let client_len = {
-            let mut w = &mut client[..];
-            let _ = match self.peer {
-                Some(a) => write!(w, "{a}"),
-                None => write!(w, "-"),
-            };
-            48 - w.len()
-        };
-        let micros = self
-            .req_started
-            .map_or(0, |t| t.elapsed().as_micros() as u64);
-        let line = Line {
-            time: ctx.log_time,
-            client: &client[..client_len],
-            method,
-            path: &req[head.path.0..head.path.1],
-            status,
-            bytes: ctx.out.len() - out_before,
-            micros,
-            id: (status == 201).then_some(ctx.app.last_created),
-        };
-        if let Some(log) = ctx.access.as_deref_mut() {
-            log.log(&line);
-        }
-    }
-
-    /// The head is in, the body is not: remember where we are, and answer `Expect:
-    /// 100-continue` (with `100`, or with the final error at once, closing since the body
-    /// will not be read).
-    fn await_body(&mut self, mut p: Pending, ctx: &mut Ctx<'_>) -> Stop {
-        if p.head.expect_continue && !p.continue_sent {
-            p.continue_sent = true;
-            match p.route {
-                Ok(_) => ctx.out.extend_from_slice(response::CONTINUE),
-                Err(r) => {
-                    let mut head = p.head;
-                    head.keep_alive = false;
-                    refuse(r, Some(&head), Route::label(&p.route), ctx);
-                    self.closing = true;
-                }
-            }
-        }
-        self.pending = Some(p);
-        Stop::Idle
-    }
-
-    /// Make space after `end` for a read: reset, compact, or grow up to the limit.
-    fn make_room(&mut self, limits: Limits) -> bool {
-        if self.end < self.buf.len() {
-            return true;
-        }
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.shifted(self.start);
-            self.end -= self.start;
-            self.start = 0;
-            return true;
-        }
-        self.grow(limits)
-    }
-
-    /// Room for a request of `len` bytes from `start`, in one step (its length is known).
-    fn reserve(&mut self, len: usize) {
-        if self.start + len <= self.buf.len() {
-            return;
-        }
-        if len <= self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-        } else {
-            self.resize(len.next_multiple_of(DEFAULT_BUF));
-        }
-        self.shifted(self.start);
-        self.end -= self.start;
-        self.start = 0;
-    }
-
-    /// A buffer of `size` bytes holding `buf[start..end]` at its start.
-    #[cold]
-    fn resize(&mut self, size: usize) {
-        let mut bigger = vec![0; size].into_boxed_slice();
-        bigger[..self.end - self.start].copy_from_slice(&self.buf[self.start..self.end]);
-        self.buf = bigger;
-    }
-
-    #[cold]
-    fn grow(&mut self, limits: Limits) -> bool {
-        let max = limits.max_buf();
-        if self.buf.len() >= max {
-            return false;
-        }
-        self.resize((self.buf.len() * 2).min(max));
-        self.shifted(self.start);
-        self.end -= self.start;
-        self.start = 0;
-        true
-    }
-
-    #[cold]
-    fn shrink(&mut self) {
-        self.buf = vec![0; DEFAULT_BUF].into_boxed_slice();
-        self.start = 0;
-        self.end = 0;
-    }
-
-    fn finish_close(&mut self) -> Next {
-        if self.eof || (self.start == self.end && self.drained && self.pending.is_none()) {
-            Next::Close
-        } else {
-            self.lingering = Some(0);
-            self.deadline_ms = u64::MAX;
-            Next::Linger
-        }
-    }
-
-    /// Read and discard until the client closes (or sends too much), then close.
-    fn linger<S: Read>(&mut self, sock: &mut S, mut discarded: usize) -> Next {
-        loop {
-            match sock.read(&mut self.buf) {
-                Ok(0) => return Next::Close,
-                Ok(n) => {
-                    discarded += n;
-                    if discarded > LINGER_MAX {
-                        return Next::Close;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Next::Close,
-            }
-        }
-        self.lingering = Some(discarded);
-        Next::Keep
-    }
 }
 
 /// Answer with the error `r`, and count it.
@@ -769,18 +480,6 @@ fn answer<'c>(ctx: &'c mut Ctx<'_>) -> Answer<'c> {
         out: ctx.out,
         date: ctx.date,
         force_close: ctx.draining,
-    }
-}
-
-/// One `write`; a full socket is 0 bytes written, not an error.
-fn write_once<S: Write>(sock: &mut S, data: &[u8]) -> io::Result<usize> {
-    loop {
-        match sock.write(data) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
     }
 }
 

@@ -1,21 +1,25 @@
 //! Sockets and threads: the `SO_REUSEPORT` listeners ([`listener`]), one pinned event loop per
-//! worker ([`worker`]), the connection state machine ([`conn`]), and signal handling
-//! ([`signals`]). `server/` never looks inside a body.
+//! worker ([`worker`]) with its connection slots ([`slab`]), timer wheel ([`timer`]) and
+//! outbox of answers waiting for the journal ([`outbox`]), the connection state machine
+//! ([`conn`]), and signal handling ([`signals`]). [`start`] sets them up in named steps.
+//! `server/` never looks inside a body.
 
 pub mod conn;
 pub mod listener;
 pub mod outbox;
 pub mod rlimit;
 pub mod signals;
+pub mod slab;
 pub mod timer;
 pub mod worker;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
+use crate::access_log::{self, WorkerLog};
 use crate::app::{App, Node};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -51,47 +55,11 @@ pub fn start(
     writers: Vec<StripeWriter>,
     journals: Option<Vec<committer::Setup>>,
 ) -> Result<Running, String> {
-    let mut access: Vec<Option<crate::access_log::WorkerLog>> = match &config.access_log {
-        None => (0..writers.len()).map(|_| None).collect(),
-        Some(p) => {
-            let target = if p.as_os_str() == "-" {
-                crate::access_log::Target::Stdout
-            } else {
-                crate::access_log::Target::File(p.clone())
-            };
-            crate::access_log::start(target, writers.len())
-                .map_err(|e| format!("cannot open --access-log {}: {e}", p.display()))?
-                .into_iter()
-                .map(Some)
-                .collect()
-        }
-    };
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
     let threads = writers.len();
-    let want = SocketAddr::new(config.bind, config.port);
-    let listen_err = |e: io::Error| format!("cannot listen on {want}: {e}");
-    listener::ensure_free(want).map_err(listen_err)?;
-    let listeners = listener::bind_all(want, threads).map_err(listen_err)?;
-    let addr = listeners[0].local_addr().map_err(listen_err)?;
-    // Past the limit, connections wait in the backlog instead of failing accept with EMFILE:
-    // the open-file limit, less a reserve for the process, shared by the workers.
-    let max_conns = config.max_conns.unwrap_or_else(|| {
-        let (soft, _) = rlimit::open_files().unwrap_or((1024, 1024));
-        (soft.saturating_sub(64) as usize / threads).max(1)
-    });
-    let ms = |d: std::time::Duration| d.as_millis() as u64;
-    let limits = conn::Limits {
-        max_header: config.max_header,
-        max_body: config.max_body,
-        timeouts: conn::Timeouts {
-            header_ms: ms(config.header_timeout),
-            body_ms: ms(config.body_timeout),
-            idle_ms: ms(config.idle_timeout),
-            write_ms: ms(config.write_timeout),
-            linger_ms: 2000,
-        },
-    };
-    let mut cpus = Vec::with_capacity(threads);
+    let access = open_access_logs(config, threads)?;
+    let (listeners, addr) = bind(config, threads)?;
+    let max_conns = max_conns(config, threads);
+    let limits = conn_limits(config);
     let metrics = Arc::new(Metrics::new(threads));
     let statuses: Vec<Arc<committer::Status>> = (0..threads)
         .map(|_| Arc::new(committer::Status::default()))
@@ -104,33 +72,29 @@ pub fn start(
             Vec::new()
         },
     });
-    let mut journals: Vec<Option<committer::Setup>> = match journals {
-        Some(j) => j.into_iter().map(Some).collect(),
+    let journals: Vec<Option<(committer::Setup, Arc<committer::Status>)>> = match journals {
+        Some(j) => j.into_iter().zip(statuses).map(Some).collect(),
         None => (0..threads).map(|_| None).collect(),
     };
+    assert_eq!(journals.len(), threads, "one journal per stripe");
+    let cores = pinning(config, threads);
+    let cpus = cores.iter().map(|c| c.map(|c| c.id)).collect();
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(threads);
-    for (index, (listener, writer)) in listeners.into_iter().zip(writers).enumerate() {
-        let core = if config.pin && !cores.is_empty() {
-            Some(cores[index % cores.len()])
-        } else {
-            None
-        };
-        cpus.push(core.map(|c| c.id));
+    let parts = listeners.into_iter().zip(writers).zip(journals).zip(access);
+    for (index, (((listener, writer), journal), access)) in parts.enumerate() {
         let setup = worker::Setup {
             index,
             listener,
-            core,
+            core: cores[index],
             app: App::new(
                 Arc::clone(&store),
                 writer,
                 Arc::clone(&metrics),
                 Arc::clone(&node),
             ),
-            journal: journals[index]
-                .take()
-                .map(|j| (j, Arc::clone(&statuses[index]))),
-            access: access[index].take(),
+            journal,
+            access,
             metrics: Arc::clone(&metrics),
             limits,
             max_conns,
@@ -138,21 +102,10 @@ pub fn start(
             shutdown_timeout: config.shutdown_timeout,
             ready: ready_tx.clone(),
         };
-        let handle = std::thread::Builder::new()
-            .name(format!("usaged-worker-{index}"))
-            .spawn(move || worker::run(setup))
-            .map_err(|e| format!("cannot start worker {index}: {e}"))?;
-        handles.push(handle);
+        handles.push(spawn_worker(setup)?);
     }
     drop(ready_tx);
-    let mut wakers = Vec::with_capacity(threads);
-    for _ in 0..threads {
-        match ready_rx.recv() {
-            Ok(Ok(w)) => wakers.push(w),
-            Ok(Err(e)) => return Err(format!("a worker could not start: {e}")),
-            Err(_) => return Err("a worker exited while starting".into()),
-        }
-    }
+    let wakers = wait_ready(&ready_rx, threads)?;
     Ok(Running {
         addr,
         metrics,
@@ -163,6 +116,92 @@ pub fn start(
         wakers,
         handles,
     })
+}
+
+/// One access-log buffer per worker with `--access-log` (`-`: standard output).
+fn open_access_logs(config: &Config, threads: usize) -> Result<Vec<Option<WorkerLog>>, String> {
+    let Some(p) = &config.access_log else {
+        return Ok((0..threads).map(|_| None).collect());
+    };
+    let target = if p.as_os_str() == "-" {
+        access_log::Target::Stdout
+    } else {
+        access_log::Target::File(p.clone())
+    };
+    Ok(access_log::start(target, threads)
+        .map_err(|e| format!("cannot open --access-log {}: {e}", p.display()))?
+        .into_iter()
+        .map(Some)
+        .collect())
+}
+
+/// One `SO_REUSEPORT` listener per worker, and the address they share (port 0 resolved).
+fn bind(config: &Config, threads: usize) -> Result<(Vec<StdListener>, SocketAddr), String> {
+    let want = SocketAddr::new(config.bind, config.port);
+    let listen_err = |e: io::Error| format!("cannot listen on {want}: {e}");
+    listener::ensure_free(want).map_err(listen_err)?;
+    let listeners = listener::bind_all(want, threads).map_err(listen_err)?;
+    let addr = listeners[0].local_addr().map_err(listen_err)?;
+    Ok((listeners, addr))
+}
+
+/// Connections per worker: `--max-conns`, else the open-file limit, less a reserve for the
+/// process, shared by the workers. Past it, connections wait in the backlog instead of
+/// failing accept with EMFILE.
+fn max_conns(config: &Config, threads: usize) -> usize {
+    config.max_conns.unwrap_or_else(|| {
+        let (soft, _) = rlimit::open_files().unwrap_or((1024, 1024));
+        (soft.saturating_sub(64) as usize / threads).max(1)
+    })
+}
+
+/// The request limits and timeouts every connection runs under.
+fn conn_limits(config: &Config) -> conn::Limits {
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    conn::Limits {
+        max_header: config.max_header,
+        max_body: config.max_body,
+        timeouts: conn::Timeouts {
+            header_ms: ms(config.header_timeout),
+            body_ms: ms(config.body_timeout),
+            idle_ms: ms(config.idle_timeout),
+            write_ms: ms(config.write_timeout),
+            linger_ms: 2000,
+        },
+    }
+}
+
+/// The core each worker is pinned to, round-robin over the affinity mask (`None`: not
+/// pinned, with `--no-pin` or no mask to read).
+fn pinning(config: &Config, threads: usize) -> Vec<Option<core_affinity::CoreId>> {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    (0..threads)
+        .map(|index| (config.pin && !cores.is_empty()).then(|| cores[index % cores.len()]))
+        .collect()
+}
+
+fn spawn_worker(setup: worker::Setup) -> Result<JoinHandle<()>, String> {
+    let index = setup.index;
+    std::thread::Builder::new()
+        .name(format!("usaged-worker-{index}"))
+        .spawn(move || worker::run(setup))
+        .map_err(|e| format!("cannot start worker {index}: {e}"))
+}
+
+/// Wait until every worker accepts (its waker comes back), or one reports why it cannot.
+fn wait_ready(
+    ready: &mpsc::Receiver<io::Result<Arc<mio::Waker>>>,
+    threads: usize,
+) -> Result<Vec<Arc<mio::Waker>>, String> {
+    let mut wakers = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        match ready.recv() {
+            Ok(Ok(w)) => wakers.push(w),
+            Ok(Err(e)) => return Err(format!("a worker could not start: {e}")),
+            Err(_) => return Err("a worker exited while starting".into()),
+        }
+    }
+    Ok(wakers)
 }
 
 impl Running {

@@ -6,6 +6,7 @@
 //! the wheel (nginx's "don't re-arm a deadline that barely moved", taken all the way); moving it
 //! earlier files a new entry and leaves the old one stale (its `filed_ms` no longer matches the
 //! connection's, so it is dropped when its bucket comes).
+#![forbid(unsafe_code)]
 
 /// Bucket width in milliseconds.
 pub const TICK_MS: u64 = 100;
