@@ -7,6 +7,7 @@ pub mod listener;
 pub mod outbox;
 pub mod rlimit;
 pub mod signals;
+pub mod sys;
 pub mod timer;
 pub mod worker;
 
