@@ -1,5 +1,8 @@
 //! `usaged`: flags → config, recover the journal, start the workers, wait for SIGINT/SIGTERM,
 //! drain, exit 0. `usaged export` prints the stored usages without a server.
+#![forbid(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 use std::io::Write;
 use std::net::SocketAddr;

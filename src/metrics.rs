@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::store::Store;
+use crate::store::arena::RECORD_BYTES;
 
 /// Route labels of `usaged_requests_total`.
 pub const ROUTES: [&str; 5] = ["create_usage", "get_usage", "health", "metrics", "other"];
@@ -39,18 +40,29 @@ const BUCKET_LABELS: [&str; 15] = [
 /// Timeout kinds of `usaged_timeouts_total`.
 pub const TIMEOUTS: [&str; 5] = ["idle", "header", "body", "write", "linger"];
 
-// Cell layout.
-const REQUESTS: usize = 0; // ROUTES × CLASSES
-const HIST: usize = REQUESTS + 25; // 15 buckets, not cumulative
-const HIST_SUM_NS: usize = HIST + 15;
+/// Histogram buckets: one per bound in [`BUCKETS_NS`], then `+Inf`.
+const BUCKET_COUNT: usize = BUCKET_LABELS.len();
+const _: () = assert!(BUCKET_COUNT == BUCKETS_NS.len() + 1);
+/// Indices into [`CLASSES`] of the error classes.
+const CLASS_4XX: usize = 3;
+const CLASS_5XX: usize = 4;
+
+// Cell layout: each block starts where the one before it ends.
+/// `ROUTES.len() × CLASSES.len()` request counts, route-major (see [`request_cell`]).
+const REQUESTS: usize = 0;
+const REQUEST_CELLS: usize = ROUTES.len() * CLASSES.len();
+/// `BUCKET_COUNT` latency buckets, not cumulative.
+const HIST: usize = REQUESTS + REQUEST_CELLS;
+const HIST_SUM_NS: usize = HIST + BUCKET_COUNT;
 pub const BYTES_IN: usize = HIST_SUM_NS + 1;
 pub const BYTES_OUT: usize = BYTES_IN + 1;
 pub const CONNS_ACCEPTED: usize = BYTES_OUT + 1;
 pub const CONNS_CLOSED: usize = CONNS_ACCEPTED + 1;
 pub const ACCEPT_ERRORS: usize = CONNS_CLOSED + 1;
 pub const ACCEPT_BACKOFFS: usize = ACCEPT_ERRORS + 1;
-pub const TIMEOUT: usize = ACCEPT_BACKOFFS + 1; // TIMEOUTS
-pub const JOURNAL_BYTES: usize = TIMEOUT + 5;
+/// The first of `TIMEOUTS.len()` cells, one per timeout kind in the order of [`TIMEOUTS`].
+pub const TIMEOUT: usize = ACCEPT_BACKOFFS + 1;
+pub const JOURNAL_BYTES: usize = TIMEOUT + TIMEOUTS.len();
 pub const JOURNAL_FSYNCS: usize = JOURNAL_BYTES + 1;
 pub const JOURNAL_FSYNC_NS: usize = JOURNAL_FSYNCS + 1;
 /// Failed journal writes and syncs (each retry counts).
@@ -59,6 +71,69 @@ pub const JOURNAL_ERRORS: usize = JOURNAL_FSYNC_NS + 1;
 pub const JOURNAL_UNAVAILABLE: usize = JOURNAL_ERRORS + 1;
 pub const ACCESS_LOG_DROPPED: usize = JOURNAL_UNAVAILABLE + 1;
 const CELLS: usize = ACCESS_LOG_DROPPED + 1;
+
+/// The cell counting answers of route `route` (an index into [`ROUTES`]) in status class
+/// `class` (an index into [`CLASSES`]).
+const fn request_cell(route: usize, class: usize) -> usize {
+    REQUESTS + route * CLASSES.len() + class
+}
+
+// The help text of `usaged_arena_bytes` says so.
+const _: () = assert!(RECORD_BYTES == 24);
+
+/// The plain counters, rendered one family each: name, help, cell.
+const COUNTERS: [(&str, &str, usize); 10] = [
+    (
+        "usaged_access_log_dropped_lines_total",
+        "Access-log lines dropped because the writer fell behind.",
+        ACCESS_LOG_DROPPED,
+    ),
+    (
+        "usaged_received_bytes_total",
+        "Bytes read from clients.",
+        BYTES_IN,
+    ),
+    (
+        "usaged_sent_bytes_total",
+        "Bytes written to clients.",
+        BYTES_OUT,
+    ),
+    (
+        "usaged_connections_accepted_total",
+        "Connections accepted.",
+        CONNS_ACCEPTED,
+    ),
+    (
+        "usaged_connections_closed_total",
+        "Connections closed.",
+        CONNS_CLOSED,
+    ),
+    (
+        "usaged_accept_errors_total",
+        "accept() failures other than EAGAIN.",
+        ACCEPT_ERRORS,
+    ),
+    (
+        "usaged_accept_backoffs_total",
+        "Pauses in accepting after running out of descriptors or memory.",
+        ACCEPT_BACKOFFS,
+    ),
+    (
+        "usaged_journal_written_bytes_total",
+        "Bytes appended to the journal.",
+        JOURNAL_BYTES,
+    ),
+    (
+        "usaged_journal_fsyncs_total",
+        "fdatasync calls on journal segments.",
+        JOURNAL_FSYNCS,
+    ),
+    (
+        "usaged_journal_errors_total",
+        "Journal writes and syncs that failed (each retry counts).",
+        JOURNAL_ERRORS,
+    ),
+];
 
 /// One worker's counters. Only that worker writes them.
 #[repr(align(64))]
@@ -90,8 +165,8 @@ impl WorkerMetrics {
     /// One answered request of `route` with `status`.
     #[inline]
     pub fn request(&self, route: usize, status: u16) {
-        let class = (status as usize / 100).clamp(1, 5) - 1;
-        self.add(REQUESTS + route * 5 + class, 1);
+        let class = (status as usize / 100).clamp(1, CLASSES.len()) - 1;
+        self.add(request_cell(route, class), 1);
     }
 
     /// `n` requests that each took `ns` nanoseconds of server time.
@@ -125,13 +200,15 @@ pub struct Totals {
 
 impl Totals {
     pub fn requests(&self) -> u64 {
-        self.cells[REQUESTS..REQUESTS + 25].iter().sum()
+        self.cells[REQUESTS..REQUESTS + REQUEST_CELLS].iter().sum()
     }
 
     /// Answers with status 4xx or 5xx.
     pub fn errors(&self) -> u64 {
-        (0..5)
-            .map(|r| self.cells[REQUESTS + r * 5 + 3] + self.cells[REQUESTS + r * 5 + 4])
+        (0..ROUTES.len())
+            .map(|r| {
+                self.cells[request_cell(r, CLASS_4XX)] + self.cells[request_cell(r, CLASS_5XX)]
+            })
             .sum()
     }
 
@@ -140,12 +217,12 @@ impl Totals {
     }
 
     /// The latency histogram's bucket counts (not cumulative).
-    pub fn buckets(&self) -> [u64; 15] {
+    pub fn buckets(&self) -> [u64; BUCKET_COUNT] {
         std::array::from_fn(|i| self.cells[HIST + i])
     }
 
     /// The upper bound (seconds) of the bucket holding quantile `q` of `buckets`.
-    pub fn quantile(buckets: &[u64; 15], q: f64) -> Option<f64> {
+    pub fn quantile(buckets: &[u64; BUCKET_COUNT], q: f64) -> Option<f64> {
         let total: u64 = buckets.iter().sum();
         if total == 0 {
             return None;
@@ -187,21 +264,38 @@ impl Metrics {
     pub fn render(&self, store: &Store, out: &mut Vec<u8>) {
         let t = self.totals();
         let mut w = Writer { out };
-        w.family(
+        w.requests(&t);
+        w.latency(&t);
+        w.counters(&t);
+        w.journal_gauges(&t);
+        w.connections(&t);
+        w.store(store);
+    }
+}
+
+/// The families of a scrape, in the order they are rendered.
+impl Writer<'_> {
+    /// `usaged_requests_total` by route and status class.
+    fn requests(&mut self, t: &Totals) {
+        self.family(
             "usaged_requests_total",
             "counter",
             "Requests answered, by route and status class.",
         );
         for (r, route) in ROUTES.iter().enumerate() {
             for (c, class) in CLASSES.iter().enumerate() {
-                w.sample(
+                self.sample(
                     "usaged_requests_total",
                     &[("route", route), ("code", class)],
-                    t.cells[REQUESTS + r * 5 + c],
+                    t.cells[request_cell(r, c)],
                 );
             }
         }
-        w.family(
+    }
+
+    /// The latency histogram: cumulative buckets, sum and count.
+    fn latency(&mut self, t: &Totals) {
+        self.family(
             "usaged_request_duration_seconds",
             "histogram",
             "Server time per request, from the read that brought its first byte to its answer being queued.",
@@ -209,115 +303,79 @@ impl Metrics {
         let mut cumulative = 0;
         for (i, le) in BUCKET_LABELS.iter().enumerate() {
             cumulative += t.cells[HIST + i];
-            w.sample(
+            self.sample(
                 "usaged_request_duration_seconds_bucket",
                 &[("le", le)],
                 cumulative,
             );
         }
-        w.seconds("usaged_request_duration_seconds_sum", t.cells[HIST_SUM_NS]);
-        w.sample("usaged_request_duration_seconds_count", &[], cumulative);
-        let counters: [(&str, &str, usize); 10] = [
-            (
-                "usaged_access_log_dropped_lines_total",
-                "Access-log lines dropped because the writer fell behind.",
-                ACCESS_LOG_DROPPED,
-            ),
-            (
-                "usaged_received_bytes_total",
-                "Bytes read from clients.",
-                BYTES_IN,
-            ),
-            (
-                "usaged_sent_bytes_total",
-                "Bytes written to clients.",
-                BYTES_OUT,
-            ),
-            (
-                "usaged_connections_accepted_total",
-                "Connections accepted.",
-                CONNS_ACCEPTED,
-            ),
-            (
-                "usaged_connections_closed_total",
-                "Connections closed.",
-                CONNS_CLOSED,
-            ),
-            (
-                "usaged_accept_errors_total",
-                "accept() failures other than EAGAIN.",
-                ACCEPT_ERRORS,
-            ),
-            (
-                "usaged_accept_backoffs_total",
-                "Pauses in accepting after running out of descriptors or memory.",
-                ACCEPT_BACKOFFS,
-            ),
-            (
-                "usaged_journal_written_bytes_total",
-                "Bytes appended to the journal.",
-                JOURNAL_BYTES,
-            ),
-            (
-                "usaged_journal_fsyncs_total",
-                "fdatasync calls on journal segments.",
-                JOURNAL_FSYNCS,
-            ),
-            (
-                "usaged_journal_errors_total",
-                "Journal writes and syncs that failed (each retry counts).",
-                JOURNAL_ERRORS,
-            ),
-        ];
-        for (name, help, i) in counters {
-            w.family(name, "counter", help);
-            w.sample(name, &[], t.cells[i]);
+        self.seconds("usaged_request_duration_seconds_sum", t.cells[HIST_SUM_NS]);
+        self.sample("usaged_request_duration_seconds_count", &[], cumulative);
+    }
+
+    /// Every family of [`COUNTERS`]: one sample each.
+    fn counters(&mut self, t: &Totals) {
+        for (name, help, i) in COUNTERS {
+            self.family(name, "counter", help);
+            self.sample(name, &[], t.cells[i]);
         }
-        w.family(
+    }
+
+    /// The journal's availability gauge and its time spent syncing.
+    fn journal_gauges(&mut self, t: &Totals) {
+        self.family(
             "usaged_journal_unavailable",
             "gauge",
             "Workers whose journal cannot write now (failing or stalled): their POSTs get 503.",
         );
-        w.sample(
+        self.sample(
             "usaged_journal_unavailable",
             &[],
             t.cells[JOURNAL_UNAVAILABLE],
         );
-        w.family(
+        self.family(
             "usaged_journal_fsync_seconds_total",
             "counter",
             "Time spent in fdatasync on journal segments.",
         );
-        w.seconds(
+        self.seconds(
             "usaged_journal_fsync_seconds_total",
             t.cells[JOURNAL_FSYNC_NS],
         );
-        w.family(
+    }
+
+    /// Timeouts by kind, and the connections open now.
+    fn connections(&mut self, t: &Totals) {
+        self.family(
             "usaged_timeouts_total",
             "counter",
             "Connections timed out, by kind.",
         );
         for (k, kind) in TIMEOUTS.iter().enumerate() {
-            w.sample(
+            self.sample(
                 "usaged_timeouts_total",
                 &[("kind", kind)],
                 t.cells[TIMEOUT + k],
             );
         }
-        w.family("usaged_open_connections", "gauge", "Connections open now.");
-        w.sample("usaged_open_connections", &[], t.open_connections());
-        w.family(
+        self.family("usaged_open_connections", "gauge", "Connections open now.");
+        self.sample("usaged_open_connections", &[], t.open_connections());
+    }
+
+    /// What the store holds.
+    fn store(&mut self, store: &Store) {
+        self.family(
             "usaged_usages_stored_total",
             "counter",
             "Usages stored (recovered ones included).",
         );
-        w.sample("usaged_usages_stored_total", &[], store.len());
-        w.family(
+        self.sample("usaged_usages_stored_total", &[], store.len());
+        self.family(
             "usaged_arena_bytes",
             "gauge",
             "Bytes of usage records in the arenas (24 per usage).",
         );
-        w.sample("usaged_arena_bytes", &[], store.len() * 24);
+        self.sample("usaged_arena_bytes", &[], store.len() * RECORD_BYTES);
     }
 }
 

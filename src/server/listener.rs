@@ -1,22 +1,15 @@
-//! `SO_REUSEPORT` listeners through `libc`: the only socket `unsafe` in the crate. Every call
-//! goes through `cvt`, and each fd is owned (`OwnedFd`) the moment it exists.
+//! `SO_REUSEPORT` listeners: the socket calls go through [`super::sys`] (the crate's one
+//! libc seam), and each fd is owned (`OwnedFd`) the moment it exists.
+#![forbid(unsafe_code)]
 
 use std::io;
-use std::mem;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
+
+use super::sys;
 
 /// Pending connections the kernel queues per listener (capped by `net.core.somaxconn`).
 const BACKLOG: libc::c_int = 4096;
-
-/// `-1` from a libc call becomes the thread's last OS error.
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
 
 /// Fail with `AddrInUse` ("already in use") when another process serves `addr`: a plain
 /// socket (no `SO_REUSEPORT`) cannot bind a port someone listens on, even one shared with
@@ -39,44 +32,25 @@ pub fn ensure_free(addr: SocketAddr) -> io::Result<()> {
 fn bind_probe(addr: SocketAddr) -> io::Result<()> {
     let fd = socket(addr)?;
     set_flag(&fd, libc::SO_REUSEADDR)?;
-    let (storage, len) = sockaddr(addr);
-    // SAFETY: `storage` is a live, initialised `sockaddr_storage` holding a sockaddr of the
-    // family of `fd`, and `len` is that sockaddr's size, at most the storage's size.
-    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&raw const storage).cast(), len) })?;
-    Ok(())
+    sys::bind(fd.as_fd(), addr)
 }
 
+/// A non-blocking, close-on-exec TCP socket of `addr`'s family.
 fn socket(addr: SocketAddr) -> io::Result<OwnedFd> {
     let domain = if addr.is_ipv4() {
         libc::AF_INET
     } else {
         libc::AF_INET6
     };
-    // SAFETY: `socket` takes no pointers; any return value is checked by `cvt`.
-    let fd = cvt(unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
-    // SAFETY: `fd` was just returned by `socket`, is valid, and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    sys::socket(
+        domain,
+        libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        0,
+    )
 }
 
 fn set_flag(fd: &OwnedFd, opt: libc::c_int) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: the option value points at a live `c_int` and the length says exactly that.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (&raw const one).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })?;
-    Ok(())
+    sys::set_int_option(fd.as_fd(), libc::SOL_SOCKET, opt, 1)
 }
 
 /// Let no new handshake start on `l`: a socket filter drops every SYN that is not also an
@@ -86,24 +60,8 @@ fn set_flag(fd: &OwnedFd, opt: libc::c_int) -> io::Result<()> {
 /// would leave the client thinking it is connected, writing its request, and then reset when
 /// the listener closes. Connections accepted later inherit the filter, which never drops
 /// one of their packets (a SYN without ACK is not part of an established connection).
-pub fn refuse_new(l: &impl AsRawFd) -> io::Result<()> {
-    let mut prog = syn_filter();
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_mut_ptr(),
-    };
-    // SAFETY: `fprog` points at `prog`, a live program whose length it states; both outlive
-    // the call, which copies the program; the length passed is the size of `sock_fprog`.
-    cvt(unsafe {
-        libc::setsockopt(
-            l.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&raw const fprog).cast(),
-            mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    })?;
-    Ok(())
+pub fn refuse_new(l: &impl AsFd) -> io::Result<()> {
+    sys::attach_filter(l.as_fd(), &syn_filter())
 }
 
 /// Classic BPF run on TCP segments (offset 0 is the TCP header; byte 13 holds the flags):
@@ -147,49 +105,9 @@ pub fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
     for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
         set_flag(&fd, opt)?;
     }
-    let (storage, len) = sockaddr(addr);
-    // SAFETY: `storage` is a live, initialised `sockaddr_storage` holding a sockaddr of the
-    // family of `fd`, and `len` is that sockaddr's size, at most the storage's size.
-    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&raw const storage).cast(), len) })?;
-    // SAFETY: `listen` takes no pointers; `fd` is a valid socket.
-    cvt(unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) })?;
+    sys::bind(fd.as_fd(), addr)?;
+    sys::listen(fd.as_fd(), BACKLOG)?;
     Ok(TcpListener::from(fd))
-}
-
-/// `addr` as a C socket address and its length.
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: `sockaddr_storage` is plain old data; all-zero bytes are a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: `sockaddr_storage` is larger than and aligned for every sockaddr type.
-            unsafe { (&raw mut storage).cast::<libc::sockaddr_in>().write(sin) };
-            mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: as above, for `sockaddr_in6`.
-            unsafe { (&raw mut storage).cast::<libc::sockaddr_in6>().write(sin6) };
-            mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
 }
 
 #[cfg(test)]

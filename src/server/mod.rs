@@ -10,6 +10,7 @@ pub mod outbox;
 pub mod rlimit;
 pub mod signals;
 pub mod slab;
+pub mod sys;
 pub mod timer;
 pub mod worker;
 

@@ -15,10 +15,12 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::ids;
-use crate::json::scan::{Patient, Usage};
+use crate::json::scan::{MAX_STR, Patient, Usage};
 use crate::time::Timestamp;
 
 const WORDS_PER_RECORD: usize = 3;
+/// Bytes of one record in the arena (`/metrics` reports `usaged_arena_bytes` with it).
+pub const RECORD_BYTES: u64 = (WORDS_PER_RECORD * 8) as u64;
 const RECORD_CHUNK_BITS: u32 = 16;
 /// Records per chunk (1.5 MiB of words per chunk).
 const RECORDS_PER_CHUNK: u64 = 1 << RECORD_CHUNK_BITS;
@@ -29,6 +31,101 @@ const STRING_CHUNK_WORDS: u64 = 1 << 16;
 const STRING_CHUNKS: usize = 1 << 12;
 /// Strings stored in a record's patient word instead of the string table.
 const INLINE_MAX: usize = 8;
+/// Words an interned string of at most [`MAX_STR`] bytes takes: its length, then its bytes.
+const MAX_STRING_WORDS: u64 = 1 + MAX_STR.div_ceil(8) as u64;
+/// Slots of the writer's intern table when it first grows.
+const INTERN_MIN_SLOTS: usize = 64;
+
+/// A record is three words, `[ms, patient, meta]`: the instant in epoch milliseconds (`i64`),
+/// the patient word (a number, up to 8 inline bytes, or a string-table word index; see
+/// [`Tag`]), and the [`Meta`] word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Record {
+    ms: i64,
+    patient: u64,
+    meta: Meta,
+}
+
+impl Record {
+    #[inline]
+    fn encode(&self) -> [u64; WORDS_PER_RECORD] {
+        [self.ms as u64, self.patient, self.meta.encode()]
+    }
+
+    #[inline]
+    fn decode([ms, patient, meta]: [u64; WORDS_PER_RECORD]) -> Record {
+        Record {
+            ms: ms as i64,
+            patient,
+            meta: Meta::decode(meta),
+        }
+    }
+}
+
+/// How a record's patient word is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    /// The patient id is the number in the word.
+    Num = 0,
+    /// A patient string of [`Meta::inline_len`] bytes, stored little-endian in the word.
+    Inline = 1,
+    /// A longer patient string, interned at the word index in the word.
+    Interned = 2,
+}
+
+/// The third word of a record. Layout, low bit first:
+///
+/// | bits     | field          | meaning                                               |
+/// |----------|----------------|-------------------------------------------------------|
+/// | `0..32`  | `med`          | word index of the interned medication                 |
+/// | `32..48` | `offset_min`   | UTC offset in minutes (`i16`, as its `u16` bits)      |
+/// | `48..50` | `tag`          | [`Tag`] of the patient word                           |
+/// | `50..52` | zero           |                                                       |
+/// | `52..56` | `inline_len`   | patient length for [`Tag::Inline`] (`0..=8`), else 0  |
+/// | `56..64` | zero           |                                                       |
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Meta {
+    med: u32,
+    offset_min: i16,
+    tag: Tag,
+    inline_len: u8,
+}
+
+impl Meta {
+    const OFFSET_SHIFT: u32 = 32;
+    const TAG_SHIFT: u32 = 48;
+    const TAG_MASK: u64 = 0b11;
+    const LEN_SHIFT: u32 = 52;
+
+    /// The word; panics if `inline_len` is past [`INLINE_MAX`] (it would not fit its bits, and
+    /// no patient word holds more).
+    #[inline]
+    fn encode(&self) -> u64 {
+        assert!(
+            self.inline_len as usize <= INLINE_MAX,
+            "inline patient of at most {INLINE_MAX} bytes"
+        );
+        u64::from(self.med)
+            | u64::from(self.offset_min as u16) << Self::OFFSET_SHIFT
+            | (self.tag as u64) << Self::TAG_SHIFT
+            | u64::from(self.inline_len) << Self::LEN_SHIFT
+    }
+
+    /// The fields of a word [`Meta::encode`] made.
+    #[inline]
+    fn decode(w: u64) -> Meta {
+        Meta {
+            med: w as u32,
+            offset_min: (w >> Self::OFFSET_SHIFT) as u16 as i16,
+            tag: match w >> Self::TAG_SHIFT & Self::TAG_MASK {
+                0 => Tag::Num,
+                1 => Tag::Inline,
+                _ => Tag::Interned,
+            },
+            inline_len: (w >> Self::LEN_SHIFT) as u8,
+        }
+    }
+}
 
 /// This stripe cannot take another usage: its arena is full or its journal failed (`503`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,8 +155,9 @@ impl Stripe {
             None => (RECORD_CHUNKS, STRING_CHUNKS),
             Some(end) => (
                 (end.div_ceil(RECORDS_PER_CHUNK) as usize).min(RECORD_CHUNKS),
-                // At most two interned strings per record, each at most 1 + 64/8 words.
-                (((end - start) * 18).div_ceil(STRING_CHUNK_WORDS) as usize + 1).min(STRING_CHUNKS),
+                // At most two interned strings per record, each at most `MAX_STRING_WORDS`.
+                (((end - start) * 2 * MAX_STRING_WORDS).div_ceil(STRING_CHUNK_WORDS) as usize + 1)
+                    .min(STRING_CHUNKS),
             ),
         };
         Stripe {
@@ -78,7 +176,7 @@ impl Stripe {
     }
 
     /// The string interned at word `at`, copied into `out`; its length.
-    fn string(&self, at: u64, out: &mut [u8; 64]) -> usize {
+    fn string(&self, at: u64, out: &mut [u8; MAX_STR]) -> usize {
         let len = Self::word(&self.strings, STRING_CHUNK_WORDS, at) as usize;
         for (i, piece) in out[..len].chunks_mut(8).enumerate() {
             let w = Self::word(&self.strings, STRING_CHUNK_WORDS, at + 1 + i as u64).to_le_bytes();
@@ -110,19 +208,20 @@ pub struct EpochLayout {
     pub starts: Vec<u64>,
     pub ends: Option<Vec<u64>>,
 }
-/// A stored usage, copied out of the arena (strings at most 64 bytes, so no allocation).
+/// A stored usage, copied out of the arena (strings at most [`MAX_STR`] bytes, so no
+/// allocation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredUsage {
     pub patient: StoredPatient,
     pub timestamp: Timestamp,
-    medication: ([u8; 64], usize),
+    medication: ([u8; MAX_STR], usize),
 }
 
 /// `patientId` in the type it came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoredPatient {
     Num(u64),
-    Str([u8; 64], usize),
+    Str([u8; MAX_STR], usize),
 }
 
 impl StoredUsage {
@@ -130,10 +229,6 @@ impl StoredUsage {
         &self.medication.0[..self.medication.1]
     }
 }
-
-const TAG_NUM: u64 = 0;
-const TAG_INLINE: u64 = 1;
-const TAG_INTERNED: u64 = 2;
 
 impl Store {
     /// A store of `stripes` empty stripes (one per worker).
@@ -207,28 +302,30 @@ impl Store {
         }
         let base = slot * WORDS_PER_RECORD as u64;
         let per_chunk = RECORDS_PER_CHUNK * WORDS_PER_RECORD as u64;
-        let [w0, w1, w2] = [0, 1, 2].map(|i| Stripe::word(&s.records, per_chunk, base + i));
-        let mut med = [0; 64];
-        let med_len = s.string(w2 & 0xffff_ffff, &mut med);
-        let patient = match w2 >> 48 & 3 {
-            TAG_NUM => StoredPatient::Num(w1),
-            TAG_INLINE => {
-                let mut p = [0; 64];
-                let n = (w2 >> 52) as usize;
-                p[..n].copy_from_slice(&w1.to_le_bytes()[..n]);
+        let r = Record::decode(std::array::from_fn(|i| {
+            Stripe::word(&s.records, per_chunk, base + i as u64)
+        }));
+        let mut med = [0; MAX_STR];
+        let med_len = s.string(u64::from(r.meta.med), &mut med);
+        let patient = match r.meta.tag {
+            Tag::Num => StoredPatient::Num(r.patient),
+            Tag::Inline => {
+                let mut p = [0; MAX_STR];
+                let n = usize::from(r.meta.inline_len);
+                p[..n].copy_from_slice(&r.patient.to_le_bytes()[..n]);
                 StoredPatient::Str(p, n)
             }
-            _ => {
-                let mut p = [0; 64];
-                let n = s.string(w1, &mut p);
+            Tag::Interned => {
+                let mut p = [0; MAX_STR];
+                let n = s.string(r.patient, &mut p);
                 StoredPatient::Str(p, n)
             }
         };
         Some(StoredUsage {
             patient,
             timestamp: Timestamp {
-                ms: w0 as i64,
-                offset_min: (w2 >> 32) as u16 as i16,
+                ms: r.ms,
+                offset_min: r.meta.offset_min,
             },
             medication: (med, med_len),
         })
@@ -326,22 +423,32 @@ impl StripeWriter {
         if !self.accepting || slot >= RECORDS_PER_CHUNK * self.stripe().records.len() as u64 {
             return Err(StoreFull);
         }
-        let med = self.intern(u.medication)?;
-        let (tag, len, patient) = match u.patient {
-            Patient::Num(n) => (TAG_NUM, 0, n),
+        // `push_string` keeps every word index below `u32::MAX`.
+        let med = u32::try_from(self.intern(u.medication)?).map_err(|_| StoreFull)?;
+        let (tag, inline_len, patient) = match u.patient {
+            Patient::Num(n) => (Tag::Num, 0, n),
             Patient::Str(s) if s.len() <= INLINE_MAX => {
                 let mut w = [0; 8];
                 w[..s.len()].copy_from_slice(s);
-                (TAG_INLINE, s.len() as u64, u64::from_le_bytes(w))
+                (Tag::Inline, s.len() as u8, u64::from_le_bytes(w))
             }
-            Patient::Str(s) => (TAG_INTERNED, 0, self.intern(s)?),
+            Patient::Str(s) => (Tag::Interned, 0, self.intern(s)?),
         };
-        let w2 = med | u64::from(u.timestamp.offset_min as u16) << 32 | tag << 48 | len << 52;
+        let record = Record {
+            ms: u.timestamp.ms,
+            patient,
+            meta: Meta {
+                med,
+                offset_min: u.timestamp.offset_min,
+                tag,
+                inline_len,
+            },
+        };
         let stripe = &self.store.epochs[self.epoch].stripes[self.stripe as usize];
         let chunk = stripe.records[(slot >> RECORD_CHUNK_BITS) as usize]
             .get_or_init(|| new_chunk(RECORDS_PER_CHUNK * WORDS_PER_RECORD as u64));
         let base = (slot % RECORDS_PER_CHUNK) as usize * WORDS_PER_RECORD;
-        for (i, w) in [u.timestamp.ms as u64, patient, w2].into_iter().enumerate() {
+        for (i, w) in record.encode().into_iter().enumerate() {
             chunk[base + i].store(w, Ordering::Relaxed);
         }
         self.next = slot + 1;
@@ -370,7 +477,7 @@ impl StripeWriter {
             }
             if e >> 32 == u64::from(hash) {
                 let at = (e & 0xffff_ffff) - 1;
-                let mut buf = [0; 64];
+                let mut buf = [0; MAX_STR];
                 let n = self.stripe().string(at, &mut buf);
                 if &buf[..n] == s {
                     return Ok(at);
@@ -386,7 +493,7 @@ impl StripeWriter {
 
     #[cold]
     fn grow_interned(&mut self) {
-        let size = (self.interned.len() * 2).max(64);
+        let size = (self.interned.len() * 2).max(INTERN_MIN_SLOTS);
         let old = std::mem::replace(&mut self.interned, vec![0; size]);
         let mask = self.interned.len() - 1;
         for e in old.into_iter().filter(|&e| e != 0) {
@@ -398,7 +505,7 @@ impl StripeWriter {
         }
     }
 
-    /// Append `s` (at most 64 bytes) to the string table; its word index.
+    /// Append `s` (at most [`MAX_STR`] bytes) to the string table; its word index.
     fn push_string(&mut self, s: &[u8]) -> Result<u64, StoreFull> {
         let words = 1 + s.len().div_ceil(8) as u64;
         let mut at = self.string_words;

@@ -27,21 +27,57 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::json::scan::{Patient, Usage};
 
 pub const MAGIC: &[u8; 8] = b"USAGEDJ1";
 pub const VERSION: u32 = 2;
-pub const HEADER_LEN: usize = 32;
+
+/// Where each field of a segment header lies (see the format above).
+mod header_at {
+    use std::ops::Range;
+    pub const MAGIC: Range<usize> = 0..8;
+    pub const VERSION: Range<usize> = 8..12;
+    pub const STRIPES: Range<usize> = 12..16;
+    pub const STRIPE: Range<usize> = 16..20;
+    /// The checksum, of every other byte of the header.
+    pub const CRC: Range<usize> = 20..24;
+    pub const BASE: Range<usize> = 24..32;
+}
+pub const HEADER_LEN: usize = header_at::BASE.end;
+
+/// Where each field of a record's frame lies: the payload follows it.
+mod frame_at {
+    use std::ops::Range;
+    /// Payload length, `u16`.
+    pub const LEN: Range<usize> = 0..2;
+    /// CRC32C of the payload, `u32`.
+    pub const CRC: Range<usize> = 2..6;
+}
 /// Length prefix and CRC before each payload.
-pub const FRAME_LEN: usize = 6;
+pub const FRAME_LEN: usize = frame_at::CRC.end;
+
+/// Where each fixed field of a payload lies: the strings (patient, medication) follow them.
+mod payload_at {
+    use std::ops::Range;
+    pub const ID: Range<usize> = 0..8;
+    pub const MS: Range<usize> = 8..16;
+    pub const OFFSET: Range<usize> = 16..18;
+    pub const KIND: usize = 18;
+    pub const PATIENT_LEN: usize = 19;
+    pub const MED_LEN: usize = 20;
+}
 /// The fixed part of a payload: id, instant, offset, kind, two lengths.
-pub const FIXED_PAYLOAD: usize = 8 + 8 + 2 + 3;
-/// Longest string (patient id, medication), in bytes.
-pub const MAX_STR: usize = 64;
-/// Largest payload: fixed fields, a 64-byte patient and a 64-byte medication.
+pub const FIXED_PAYLOAD: usize = payload_at::MED_LEN + 1;
+/// Longest string (patient id, medication), in bytes: the API's limit, from the one constant
+/// that the request scanner enforces.
+pub const MAX_STR: usize = crate::json::scan::MAX_STR;
+/// Largest payload: fixed fields, a patient and a medication of `MAX_STR` bytes each.
 pub const MAX_PAYLOAD: usize = FIXED_PAYLOAD + MAX_STR + MAX_STR;
+// String lengths are one byte each, payload lengths two.
+const _: () = assert!(MAX_STR <= u8::MAX as usize && MAX_PAYLOAD <= u16::MAX as usize);
 /// The shortest framed record (a lease).
 pub const MIN_RECORD: usize = FRAME_LEN + FIXED_PAYLOAD;
 /// Segments roll over past this size unless `--segment-size` says otherwise.
@@ -69,20 +105,32 @@ pub struct Header {
     pub base: u64,
 }
 
+/// The checksum of header `h`: every byte but the checksum's own.
 fn header_crc(h: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&h[..20]), &h[24..32])
+    let before = &h[..header_at::CRC.start];
+    crc32c::crc32c_append(crc32c::crc32c(before), &h[header_at::CRC.end..HEADER_LEN])
+}
+
+/// The little-endian `u32` at `at` of `b` (a range of 4 bytes inside it).
+fn u32_at(b: &[u8], at: Range<usize>) -> u32 {
+    u32::from_le_bytes(b[at].try_into().expect("4 bytes"))
+}
+
+/// The little-endian `u64` at `at` of `b` (a range of 8 bytes inside it).
+fn u64_at(b: &[u8], at: Range<usize>) -> u64 {
+    u64::from_le_bytes(b[at].try_into().expect("8 bytes"))
 }
 
 impl Header {
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut h = [0; HEADER_LEN];
-        h[..8].copy_from_slice(MAGIC);
-        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        h[12..16].copy_from_slice(&self.stripes.to_le_bytes());
-        h[16..20].copy_from_slice(&self.stripe.to_le_bytes());
-        h[24..32].copy_from_slice(&self.base.to_le_bytes());
+        h[header_at::MAGIC].copy_from_slice(MAGIC);
+        h[header_at::VERSION].copy_from_slice(&VERSION.to_le_bytes());
+        h[header_at::STRIPES].copy_from_slice(&self.stripes.to_le_bytes());
+        h[header_at::STRIPE].copy_from_slice(&self.stripe.to_le_bytes());
+        h[header_at::BASE].copy_from_slice(&self.base.to_le_bytes());
         let crc = header_crc(&h);
-        h[20..24].copy_from_slice(&crc.to_le_bytes());
+        h[header_at::CRC].copy_from_slice(&crc.to_le_bytes());
         h
     }
 
@@ -94,13 +142,13 @@ impl Header {
                 b.len()
             ));
         }
-        if &b[..8] != MAGIC {
+        if &b[header_at::MAGIC] != MAGIC {
             return Err("not a usaged journal segment (bad magic)".into());
         }
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
-        match u32_at(8) {
-            1 if u32_at(20) == 0 => {}
-            2 if u32_at(20) == header_crc(&b[..HEADER_LEN]) => {}
+        let crc = u32_at(b, header_at::CRC);
+        match u32_at(b, header_at::VERSION) {
+            1 if crc == 0 => {}
+            2 if crc == header_crc(&b[..HEADER_LEN]) => {}
             2 => return Err("header checksum mismatch".into()),
             v => {
                 return Err(format!(
@@ -109,9 +157,9 @@ impl Header {
             }
         }
         let h = Header {
-            stripes: u32_at(12),
-            stripe: u32_at(16),
-            base: u64::from_le_bytes(b[24..32].try_into().expect("8 bytes")),
+            stripes: u32_at(b, header_at::STRIPES),
+            stripe: u32_at(b, header_at::STRIPE),
+            base: u64_at(b, header_at::BASE),
         };
         if h.stripes == 0 || h.stripes > MAX_STRIPES || h.stripe >= h.stripes {
             return Err(format!("bad stripe layout {} of {}", h.stripe, h.stripes));
@@ -149,25 +197,71 @@ pub fn parse_name(name: &str) -> Option<(Header, u32)> {
     ))
 }
 
-/// Append the framed record of usage `id` to `out`.
+/// The fixed fields of a payload, as [`payload_at`] lays them out; the strings follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fixed {
+    id: u64,
+    ms: i64,
+    offset_min: i16,
+    kind: u8,
+    patient_len: u8,
+    med_len: u8,
+}
+
+impl Fixed {
+    #[inline]
+    fn encode(&self) -> [u8; FIXED_PAYLOAD] {
+        let mut p = [0; FIXED_PAYLOAD];
+        p[payload_at::ID].copy_from_slice(&self.id.to_le_bytes());
+        p[payload_at::MS].copy_from_slice(&self.ms.to_le_bytes());
+        p[payload_at::OFFSET].copy_from_slice(&self.offset_min.to_le_bytes());
+        p[payload_at::KIND] = self.kind;
+        p[payload_at::PATIENT_LEN] = self.patient_len;
+        p[payload_at::MED_LEN] = self.med_len;
+        p
+    }
+
+    /// The fields of `p`, the first [`FIXED_PAYLOAD`] bytes of a payload (none is checked).
+    fn decode(p: &[u8; FIXED_PAYLOAD]) -> Fixed {
+        Fixed {
+            id: u64_at(p, payload_at::ID),
+            ms: i64::from_le_bytes(p[payload_at::MS].try_into().expect("8 bytes")),
+            offset_min: i16::from_le_bytes(p[payload_at::OFFSET].try_into().expect("2 bytes")),
+            kind: p[payload_at::KIND],
+            patient_len: p[payload_at::PATIENT_LEN],
+            med_len: p[payload_at::MED_LEN],
+        }
+    }
+
+    /// The payload's length these fields declare.
+    fn payload_len(&self) -> usize {
+        FIXED_PAYLOAD + usize::from(self.patient_len) + usize::from(self.med_len)
+    }
+}
+
+/// Append the framed record of usage `id` to `out`. Its strings are at most [`MAX_STR`] bytes
+/// (the scanner's limit).
 pub fn encode(out: &mut Vec<u8>, id: u64, u: &Usage<'_>) {
+    debug_assert!(u.medication.len() <= MAX_STR, "medication within MAX_STR");
     // One capacity check for the whole record (on the hot path: once per stored usage).
     out.reserve(FRAME_LEN + MAX_PAYLOAD);
     let at = out.len();
     out.extend_from_slice(&[0; FRAME_LEN]);
-    out.extend_from_slice(&id.to_le_bytes());
-    out.extend_from_slice(&u.timestamp.ms.to_le_bytes());
-    out.extend_from_slice(&u.timestamp.offset_min.to_le_bytes());
-    match u.patient {
-        Patient::Num(n) => {
-            out.extend_from_slice(&[KIND_NUM, 8, u.medication.len() as u8]);
-            out.extend_from_slice(&n.to_le_bytes());
-        }
-        Patient::Str(p) => {
-            out.extend_from_slice(&[KIND_STR, p.len() as u8, u.medication.len() as u8]);
-            out.extend_from_slice(p);
-        }
-    }
+    let (kind, patient): (u8, &[u8]) = match &u.patient {
+        Patient::Num(n) => (KIND_NUM, &n.to_le_bytes()),
+        Patient::Str(p) => (KIND_STR, p),
+    };
+    debug_assert!(patient.len() <= MAX_STR, "patient within MAX_STR");
+    let fixed = Fixed {
+        id,
+        ms: u.timestamp.ms,
+        offset_min: u.timestamp.offset_min,
+        kind,
+        patient_len: patient.len() as u8,
+        med_len: u.medication.len() as u8,
+    };
+    out.extend_from_slice(&fixed.encode());
+    out.extend_from_slice(patient);
     out.extend_from_slice(u.medication);
     frame(out, at);
 }
@@ -176,9 +270,15 @@ pub fn encode(out: &mut Vec<u8>, id: u64, u: &Usage<'_>) {
 pub fn encode_lease(out: &mut Vec<u8>, lease: u64) {
     let at = out.len();
     out.extend_from_slice(&[0; FRAME_LEN]);
-    out.extend_from_slice(&lease.to_le_bytes());
-    out.extend_from_slice(&[0; 8 + 2]);
-    out.extend_from_slice(&[KIND_LEASE, 0, 0]);
+    let fixed = Fixed {
+        id: lease,
+        ms: 0,
+        offset_min: 0,
+        kind: KIND_LEASE,
+        patient_len: 0,
+        med_len: 0,
+    };
+    out.extend_from_slice(&fixed.encode());
     frame(out, at);
 }
 
@@ -186,8 +286,9 @@ pub fn encode_lease(out: &mut Vec<u8>, lease: u64) {
 fn frame(out: &mut [u8], at: usize) {
     let payload_len = out.len() - at - FRAME_LEN;
     let crc = crc32c::crc32c(&out[at + FRAME_LEN..]);
-    out[at..at + 2].copy_from_slice(&(payload_len as u16).to_le_bytes());
-    out[at + 2..at + 6].copy_from_slice(&crc.to_le_bytes());
+    let f = &mut out[at..at + FRAME_LEN];
+    f[frame_at::LEN].copy_from_slice(&(payload_len as u16).to_le_bytes());
+    f[frame_at::CRC].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// A decoded record, borrowing its strings from the segment bytes.
@@ -214,30 +315,32 @@ pub enum Bad {
 /// Decode the record at the start of `b`: the record and its framed length. Every length is
 /// bounded before it is used.
 pub fn decode(b: &[u8]) -> Result<(Record<'_>, usize), Bad> {
-    if b.len() < FRAME_LEN {
+    let Some(frame) = b.get(..FRAME_LEN) else {
         return Err(Bad::Truncated);
-    }
-    let len = u16::from_le_bytes([b[0], b[1]]) as usize;
+    };
+    let len = usize::from(u16::from_le_bytes(
+        frame[frame_at::LEN].try_into().expect("2 bytes"),
+    ));
     if !(FIXED_PAYLOAD..=MAX_PAYLOAD).contains(&len) {
         return Err(Bad::Corrupt);
     }
-    let Some(payload) = b.get(FRAME_LEN..FRAME_LEN + len) else {
+    let Some(p) = b.get(FRAME_LEN..FRAME_LEN + len) else {
         return Err(Bad::Truncated);
     };
-    if crc32c::crc32c(payload) != u32::from_le_bytes(b[2..6].try_into().expect("4 bytes")) {
+    if crc32c::crc32c(p) != u32_at(frame, frame_at::CRC) {
         return Err(Bad::Corrupt);
     }
-    let p = payload;
-    let id = u64::from_le_bytes(p[0..8].try_into().expect("8 bytes"));
-    let ms = i64::from_le_bytes(p[8..16].try_into().expect("8 bytes"));
-    let offset_min = i16::from_le_bytes([p[16], p[17]]);
-    let (kind, plen, mlen) = (p[18], p[19] as usize, p[20] as usize);
-    if id == 0 || id >= crate::store::ids::MAX_ID || FIXED_PAYLOAD + plen + mlen != len {
+    let (fixed, strings) = p
+        .split_first_chunk::<FIXED_PAYLOAD>()
+        .expect("len >= FIXED_PAYLOAD");
+    let f = Fixed::decode(fixed);
+    let (plen, mlen) = (usize::from(f.patient_len), usize::from(f.med_len));
+    if f.id == 0 || f.id >= crate::store::ids::MAX_ID || f.payload_len() != len {
         return Err(Bad::Corrupt);
     }
-    if kind == KIND_LEASE {
+    if f.kind == KIND_LEASE {
         return if plen == 0 && mlen == 0 {
-            Ok((Record::Lease(id), FRAME_LEN + len))
+            Ok((Record::Lease(f.id), FRAME_LEN + len))
         } else {
             Err(Bad::Corrupt)
         };
@@ -245,22 +348,24 @@ pub fn decode(b: &[u8]) -> Result<(Record<'_>, usize), Bad> {
     if mlen == 0 || mlen > MAX_STR || plen > MAX_STR {
         return Err(Bad::Corrupt);
     }
-    let at = FIXED_PAYLOAD;
-    let patient = match kind {
-        KIND_NUM if plen == 8 => Patient::Num(u64::from_le_bytes(
-            p[at..at + 8].try_into().expect("8 bytes"),
-        )),
-        KIND_STR if plen > 0 => Patient::Str(&p[at..at + plen]),
+    let (patient, medication) = strings.split_at(plen);
+    let patient = match f.kind {
+        KIND_NUM if plen == 8 => {
+            Patient::Num(u64::from_le_bytes(patient.try_into().expect("8 bytes")))
+        }
+        KIND_STR if plen > 0 => Patient::Str(patient),
         _ => return Err(Bad::Corrupt),
     };
-    let medication = &p[at + plen..];
-    let timestamp = crate::time::Timestamp { ms, offset_min };
+    let timestamp = crate::time::Timestamp {
+        ms: f.ms,
+        offset_min: f.offset_min,
+    };
     let usage = Usage {
         patient,
         timestamp,
         medication,
     };
-    Ok((Record::Usage { id, usage }, FRAME_LEN + len))
+    Ok((Record::Usage { id: f.id, usage }, FRAME_LEN + len))
 }
 
 /// How a segment's records end.
@@ -303,8 +408,8 @@ fn classify(bytes: &[u8], at: usize, bad: Bad) -> End {
     let runs_past_end = bad == Bad::Truncated;
     // Zeros from inside the bad record to the end: its start reached the disk, its end did
     // not (a power loss after the file grew).
-    let declared = match rest {
-        [a, b, ..] => FRAME_LEN + u16::from_le_bytes([*a, *b]) as usize,
+    let declared = match rest.get(frame_at::LEN) {
+        Some(&[a, b]) => FRAME_LEN + usize::from(u16::from_le_bytes([a, b])),
         _ => rest.len(),
     };
     let zeros_from = rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
@@ -379,169 +484,4 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::time::Timestamp;
-    use proptest::prelude::*;
-
-    fn usages(long: &str) -> [Usage<'_>; 2] {
-        [
-            Usage {
-                patient: Patient::Num(42),
-                timestamp: Timestamp {
-                    ms: -5,
-                    offset_min: -300,
-                },
-                medication: b"A",
-            },
-            Usage {
-                patient: Patient::Str(long.as_bytes()),
-                timestamp: Timestamp {
-                    ms: 1,
-                    offset_min: 0,
-                },
-                medication: &[b'm'; 64],
-            },
-        ]
-    }
-
-    #[test]
-    fn records_round_trip_and_every_flip_is_caught() {
-        let long = "é".repeat(32);
-        for (i, u) in usages(&long).iter().enumerate() {
-            let id = i as u64 + 7;
-            let mut b = Vec::new();
-            encode(&mut b, id, u);
-            let (r, n) = decode(&b).unwrap();
-            assert_eq!((r, n), (Record::Usage { id, usage: *u }, b.len()));
-            for at in 0..b.len() {
-                for bit in 0..8 {
-                    let mut c = b.clone();
-                    c[at] ^= 1 << bit;
-                    c.extend_from_slice(&b); // another record after it: never a torn tail
-                    assert!(
-                        decode(&c)
-                            .map(|(r, _)| r != Record::Usage { id, usage: *u })
-                            .unwrap_or(true),
-                        "flip at {at} bit {bit} unnoticed"
-                    );
-                    let mut seg = Header {
-                        stripes: 1,
-                        stripe: 0,
-                        base: 0,
-                    }
-                    .encode()
-                    .to_vec();
-                    seg.extend_from_slice(&c);
-                    if decode(&c).is_err() {
-                        assert_eq!(
-                            scan(&seg, |_, _| {}),
-                            End::Corrupt { at: HEADER_LEN },
-                            "flip at {at} bit {bit} before an intact record is corruption"
-                        );
-                    }
-                }
-            }
-            for cut in 0..b.len() {
-                assert_eq!(
-                    decode(&b[..cut]).map(|_| ()),
-                    Err(Bad::Truncated),
-                    "cut at {cut}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn torn_tails_and_corruption_are_told_apart() {
-        let long = "x".repeat(40);
-        let h = Header {
-            stripes: 2,
-            stripe: 1,
-            base: 10,
-        };
-        let mut seg = h.encode().to_vec();
-        encode_lease(&mut seg, 99);
-        let mut ends = vec![seg.len()];
-        for (i, u) in usages(&long).iter().cycle().take(5).enumerate() {
-            encode(&mut seg, 12 + 2 * i as u64, u);
-            ends.push(seg.len());
-        }
-        let mut seen = Vec::new();
-        assert_eq!(scan(&seg, |at, r| seen.push((at, r))), End::Clean);
-        assert_eq!(seen[0], (HEADER_LEN, Record::Lease(99)));
-        assert_eq!(seen.len(), 6);
-        // A cut anywhere inside the last record: torn at its start.
-        let last = ends[ends.len() - 2];
-        for cut in last + 1..seg.len() {
-            assert_eq!(scan(&seg[..cut], |_, _| {}), End::Torn { at: last });
-        }
-        // Zeros after the last whole record (a power loss after the size grew): torn.
-        let mut zeroed = seg.clone();
-        zeroed.extend_from_slice(&[0; 300]);
-        assert_eq!(scan(&zeroed, |_, _| {}), End::Torn { at: seg.len() });
-        // A longer length in the second-to-last record: it would run to the end, but an
-        // intact record follows it, so it is corruption and nothing is cut.
-        let second_last = ends[ends.len() - 3];
-        let mut bad = seg.clone();
-        bad[second_last] = 140;
-        assert_eq!(scan(&bad, |_, _| {}), End::Corrupt { at: second_last });
-        // The last record complete in length but with a bad byte: corruption, not a tear.
-        let mut flipped = seg.clone();
-        let n = flipped.len();
-        flipped[n - 1] ^= 1;
-        assert_eq!(scan(&flipped, |_, _| {}), End::Corrupt { at: last });
-    }
-
-    #[test]
-    fn headers_are_checked_and_bounded() {
-        let h = Header {
-            stripes: 4,
-            stripe: 3,
-            base: 1 << 40,
-        };
-        let b = h.encode();
-        assert_eq!(Header::decode(&b), Ok(h));
-        assert!(Header::decode(b"not a header at all, not at all!").is_err());
-        assert!(Header::decode(&b[..10]).is_err());
-        for at in 0..HEADER_LEN {
-            for bit in 0..8 {
-                let mut c = b;
-                c[at] ^= 1 << bit;
-                assert!(Header::decode(&c).is_err(), "flip at {at} bit {bit}");
-            }
-        }
-        // Version 1 (no checksum) is still read, within bounds.
-        let mut v1 = b;
-        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
-        v1[20..24].copy_from_slice(&[0; 4]);
-        assert_eq!(Header::decode(&v1), Ok(h));
-        v1[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(
-            Header::decode(&v1).is_err(),
-            "a huge stripe count is refused"
-        );
-    }
-
-    #[test]
-    fn names_round_trip() {
-        let h = Header {
-            stripes: 3,
-            stripe: 2,
-            base: 77,
-        };
-        assert_eq!(segment_name(&h, 5), "e77-s3-w2-000005.seg");
-        assert_eq!(parse_name("e77-s3-w2-000005.seg"), Some((h, 5)));
-        assert_eq!(parse_name("e77-s3-w2-000005.seg.tmp"), None);
-        assert_eq!(parse_name("LOCK"), None);
-    }
-
-    proptest! {
-        #[test]
-        fn any_bytes_decode_without_panic(b in proptest::collection::vec(any::<u8>(), 0..400)) {
-            let _ = decode(&b);
-            let _ = scan(&b, |_, _| {});
-            let _ = Header::decode(&b);
-        }
-    }
-}
+mod tests;

@@ -1,4 +1,5 @@
 use super::*;
+use proptest::prelude::*;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -73,11 +74,16 @@ fn round_trip_across_stripes() {
 fn edge_strings() {
     let store = Arc::new(Store::new(1));
     let mut w = store.writer(0);
-    let sixty_four = "é".repeat(32);
+    // Strings of exactly the longest length, in two- and one-byte characters.
+    let longest_wide = "é".repeat(MAX_STR / 2);
+    let longest = "x".repeat(MAX_STR);
+    assert_eq!(longest_wide.len(), MAX_STR);
     for (patient, med) in [
         ("12345678", "A"),
         ("123456789", "\"quoted\"\n"),
-        (sixty_four.as_str(), sixty_four.as_str()),
+        (longest_wide.as_str(), longest_wide.as_str()),
+        (longest.as_str(), longest.as_str()),
+        ("p", longest.as_str()),
     ] {
         let ts = Timestamp {
             ms: -1,
@@ -115,8 +121,9 @@ fn edge_strings() {
 fn string_table_crosses_chunks_and_interns() {
     let store = Arc::new(Store::new(1));
     let mut w = store.writer(0);
-    // 20,000 distinct 64-byte strings fill 9 words each: several string chunks.
-    let name = |i: u64| format!("{i:064}");
+    // 20,000 distinct strings of the longest length fill `MAX_STRING_WORDS` words each
+    // (9 for 64 bytes): several string chunks.
+    let name = |i: u64| format!("{i:0MAX_STR$}");
     let ids: Vec<u64> = (0..20_000)
         .map(|i| {
             let m = name(i);
@@ -196,4 +203,42 @@ fn concurrent_readers_see_only_complete_records() {
         assert!(r.join().unwrap() > 0);
     }
     assert!(store.get(ids::id_of(1, N, 2)).is_none());
+}
+
+fn tag() -> impl Strategy<Value = Tag> {
+    prop_oneof![Just(Tag::Num), Just(Tag::Inline), Just(Tag::Interned)]
+}
+
+proptest! {
+    /// Every field survives the word: a shift or mask that overlaps another field, or a sign
+    /// extension of a negative offset into the tag, fails here.
+    #[test]
+    fn a_record_decodes_to_what_was_encoded(
+        ms in any::<i64>(),
+        patient in any::<u64>(),
+        med in any::<u32>(),
+        offset_min in any::<i16>(),
+        tag in tag(),
+        inline_len in 0..=INLINE_MAX as u8,
+    ) {
+        let r = Record { ms, patient, meta: Meta { med, offset_min, tag, inline_len } };
+        prop_assert_eq!(Record::decode(r.encode()), r);
+        // Unused bits stay zero.
+        let w = r.meta.encode();
+        prop_assert_eq!(w & (0b11 << 50 | 0xff << 56), 0);
+    }
+}
+
+/// An inline length past `INLINE_MAX` does not fit its bits (nor a patient word): encoding it
+/// is refused, from the first length too long.
+#[test]
+#[should_panic(expected = "inline patient of at most")]
+fn an_inline_length_past_the_word_is_refused() {
+    let meta = Meta {
+        med: u32::MAX,
+        offset_min: -1,
+        tag: Tag::Inline,
+        inline_len: INLINE_MAX as u8 + 1,
+    };
+    meta.encode();
 }
