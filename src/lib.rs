@@ -1,17 +1,31 @@
 //! usaged: a per-core event-loop HTTP server for the usages API (`../shared/API.md`).
 //!
-//! How a request flows: a worker thread ([`server::worker`]) waits on its own `mio` poll and
-//! `SO_REUSEPORT` listener. When a connection is readable, [`server::conn`] makes one `read` into
-//! the connection's buffer, then [`http::request`] frames every complete request in it (head via
-//! `httparse`, body by `Content-Length` or [`http::chunked`]) without copying, [`app::router`]
-//! picks the route, [`json::scan`] and [`time::parse()`] validate a posted usage, and
-//! [`store::arena`] appends it to this worker's stripe, hands out its id and encodes its journal
-//! record into the worker's batch ([`store::journal`] is the format). Each answer is appended to
-//! the worker's [`server::outbox`], tagged with the journal batch it depends on. At the end of
-//! the loop turn the batch goes to the worker's journal thread ([`store::committer`]), which
-//! writes (and syncs) it and wakes the worker; only then do the answers that waited for it leave,
-//! one `write` per connection. Answers that depend on nothing (a `GET`) leave at the end of
-//! their turn.
+//! How a request flows, in order:
+//! 1. **Read.** A worker thread ([`server::worker`], one per core) sleeps in its own `mio` poll
+//!    on its `SO_REUSEPORT` listener and connections; its loop turn (`Worker::turn`) is a
+//!    list of named phases. For a readable connection, [`server::conn::Conn::on_ready`]
+//!    makes one `read` into the connection's input buffer (`server/conn/input.rs`).
+//! 2. **Frame.** `Conn::process` (`server/conn/request.rs`) takes every complete request in
+//!    the buffer: the head through [`http::request`] (`httparse`, no copy), the body by
+//!    `Content-Length` or [`http::chunked`].
+//! 3. **Route.** [`app::router::route`] maps method and path to a route (404, 405 + `Allow`).
+//! 4. **Validate.** [`app::usages::create`] has [`json::scan`] check the posted object, and
+//!    the scanner has [`time::parse()`] check its timestamp; a bad one gets its 4xx
+//!    ([`http::status`]).
+//! 5. **Store.** [`store::arena::StripeWriter::append`] puts the usage in this worker's stripe
+//!    and hands out its id ([`store::ids`]), and encodes its journal record
+//!    ([`store::journal`] is the format) into the worker's batch.
+//! 6. **Journal.** The answer goes into the worker's [`server::outbox`], tagged with the batch
+//!    it waits for. At the end of the turn the batch is handed to the worker's journal thread
+//!    ([`store::committer`]), which writes (and, as `--sync` says, syncs) it and then tells
+//!    the worker, waking it only if it sleeps.
+//! 7. **Answer.** Only then does [`server::outbox::Outbox::take_ready`] release the answers
+//!    that waited for that batch, and [`server::conn::Conn::complete`] writes each
+//!    connection's answers with one `write`. Answers that wait for nothing (a `GET`) leave at
+//!    the end of their own turn.
+//!
+//! A `GET /api/usages/{id}` takes steps 1–3, then [`app::usages::get`] reads the stripe that
+//! owns the id (any worker's, wait-free) and answers at step 7.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 

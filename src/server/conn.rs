@@ -16,8 +16,8 @@
 //!
 //! Syscalls per readiness: one `read` (a short read means the socket is drained, so no extra
 //! `read` to see `EAGAIN`; only a read that filled the buffer is followed by another), one
-//! `write` for output held back, and one `write` per part the worker releases. Generic over the socket so the state machine runs in tests
-//! without a network (`testing.rs`).
+//! `write` for output held back, and one `write` per part the worker releases. Generic over
+//! the socket so the state machine runs in tests without a network (`testing.rs`).
 #![forbid(unsafe_code)]
 
 mod clock;
