@@ -96,7 +96,7 @@ loadgen_run() {
   t0=$(cpu_ticks "$pid")
   taskset -c "$load_cpu" "$LOADGEN" --port "$port" --rate "$rate" --conns "$conns" --duration "$secs" >"$raw" 2>&1 || true
   t1=$(cpu_ticks "$pid")
-  field() { grep -o "$1=[0-9]*" "$raw" | cut -d= -f2; }
+  field() { sed -n "s/.*\b$1=\([0-9]*\).*/\1/p" "$raw"; }
   ms() { field "$1" | awk '{printf "%.3f", $1 / 1000}'; }
   RPS=$(field rate) REQS=$(field requests) ERRORS=$(field errors)
   P50=$(ms p50_us) P99=$(ms p99_us) P999=$(ms p999_us)
