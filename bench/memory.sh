@@ -6,28 +6,26 @@
 #     usages are posted (wrk, pipelined 16 deep); target: at most 32 bytes per usage.
 #  2. RSS per idle keep-alive connection: IDLE_CONNS (default 10,000) connections each make one
 #     request and then stay open; target: at most 16 KiB per connection.
+# Results in bench/results/<UTC stamp>-<host>-memory/: summary.md, meta.txt, raw/.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 source "$ROOT/bench/lib.sh"
 
-args=("$@")
 usages=10000000 idle=10000 server_cpu=0 load_cpu=1
-usage() { sed -n '2p' "$0" | sed 's/^# //'; exit 2; }
-while (($#)); do
+option() {
   case $1 in
-    -n) usages=$2; shift 2 ;;
-    -i) idle=$2; shift 2 ;;
-    --server-cpu) server_cpu=$2; shift 2 ;;
-    --load-cpu) load_cpu=$2; shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) usage ;;
+    -n) usages=${2-} TAKES=2 ;;
+    -i) idle=${2-} TAKES=2 ;;
   esac
-done
+}
+parse_options "$@"
+numbers usages idle
 
 ensure_tools
-setup_results -memory bench/memory.sh "${args[@]}"
+build --release
+new_results -memory "mode=RSS per stored usage, then per idle connection" "usages=at least $usages (wrk, pipelined 16 deep, 5 s runs)" \
+  "idle connections=$idle" "runs=1" "pinning=usaged --threads 1 on CPU $server_cpu, wrk -t1 on CPU $load_cpu"
 ulimit -n $((idle + 1024)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-trap 'kill ${USAGED_PID:-} 2>/dev/null || true' EXIT
 
 # 1. Usages.
 start_usaged "$server_cpu" --threads 1
@@ -42,7 +40,7 @@ while ((stored < usages)); do
 done
 after=$(rss_kib "$USAGED_PID")
 per_usage=$(awk -v a="$after" -v b="$base" -v n="$stored" 'BEGIN {printf "%.1f", (a - b) * 1024 / n}')
-kill "$USAGED_PID"; wait "$USAGED_PID" 2>/dev/null || true
+stop_usaged
 
 # 2. Idle connections.
 start_usaged "$server_cpu" --threads 1
@@ -68,11 +66,11 @@ for _ in $(seq 1 6000); do [ -f "$WORK/idle.ready" ] && break; sleep 0.01; done
 after=$(rss_kib "$USAGED_PID")
 per_conn=$(awk -v a="$after" -v b="$base" -v n="$idle" 'BEGIN {printf "%.0f", (a - b) * 1024 / n}')
 kill "$PY_PID" 2>/dev/null || true
+stop_usaged
 
 {
-  echo "| measure | value | target |"
-  echo "|---|---:|---:|"
+  table_head measure "value>" "target>"
   echo "| RSS growth per stored usage ($stored usages) | $per_usage B | ≤ 32 B |"
   echo "| RSS per idle keep-alive connection ($idle connections) | $per_conn B | ≤ 16384 B |"
 } | tee "$OUT/summary.md"
-echo "raw output in $OUT"
+echo "results in $OUT"

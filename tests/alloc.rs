@@ -1,6 +1,16 @@
-//! The hot path allocates nothing in steady state: a counting global allocator watches the
-//! real connection state machine (`Conn::on_ready`: read → parse → handle → write) answer
-//! pipelined batches of posts and gets after a warm-up.
+//! The connection's hot path allocates nothing in steady state: a counting global allocator
+//! watches the real connection state machine answer pipelined batches of posts and gets after a
+//! warm-up.
+//!
+//! What runs: `Conn::run_once`, the worker's two steps for one connection back to back, against
+//! an in-memory socket double: `on_ready` (read → frame → route → validate → store, each answer
+//! appended to the output buffer) and then `complete` (one `write` of those answers).
+//!
+//! What does not: in the server, answers wait between those two steps in the worker's outbox
+//! (`src/server/outbox.rs`) until the worker's journal thread (`src/store/committer.rs`) has
+//! written the batch their usages were encoded into. Here the store has no journal (nothing
+//! calls `enable_journal`, so no record is encoded), and there is no outbox, journal thread or
+//! poll loop: their allocations are not counted by this test.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

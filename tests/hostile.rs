@@ -79,8 +79,8 @@ fn report(test: &str, tried: &str, held: &str) {
     println!("STRESS|{test}|{tried}|{held}");
 }
 
-/// How many connections the test process may open (two descriptors' worth of headroom is left
-/// for everything else).
+/// How many connections the test process may open (1000 descriptors of headroom are left for
+/// everything else).
 fn fd_budget() -> usize {
     let (soft, _) = usaged::server::rlimit::open_files().unwrap();
     soft as usize - 1000
@@ -274,7 +274,8 @@ fn a_client_that_never_reads_is_bounded_and_cut_off() {
     hog.set_write_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     // 10,000 requests and their answers fit in loopback socket buffers here (the kernel grows
-    // them to megabytes), so the client would not even look slow: send ten times as many.
+    // them to megabytes), so the client would not even look slow: send ten times as many (times
+    // the stress scale).
     let batch = post(README_BODY).repeat(100_000 * scale());
     let started = Instant::now();
     std::thread::scope(|scope| {
@@ -295,7 +296,8 @@ fn a_client_that_never_reads_is_bounded_and_cut_off() {
         println!("non-reading client: write ended with {result:?} after {after:?}");
         assert!(
             result.is_err(),
-            "the server took 10,000 requests from a client that reads nothing"
+            "the server took {} requests from a client that reads nothing",
+            100_000 * scale()
         );
         assert!(
             after < Duration::from_secs(8),
