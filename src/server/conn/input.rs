@@ -1,6 +1,8 @@
 //! A connection's read side: the buffer of received, unanswered bytes with its cursors, and
 //! what the last reads said about the socket. Every move of the unread bytes to the front of
-//! the buffer goes through [`Input::rebase`], which keeps the drain mark on the same byte.
+//! the buffer goes through [`Input::rebase`], which keeps the drain mark on the same byte; the
+//! chunked decoder's compaction ([`Input::cut`]) shifts the mark itself, and `shrink` (only
+//! ever on an empty input) has no mark to keep.
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read};
@@ -172,7 +174,8 @@ impl Input {
     }
 
     /// The unread bytes now sit at the front of the buffer: move the cursors (and the drain
-    /// mark) down with them. The one place they are re-based.
+    /// mark) down with them. Every move to the front goes through here (`cut` moves bytes
+    /// within the request and shifts the mark itself).
     fn rebase(&mut self) {
         self.shift_mark(self.start);
         self.end -= self.start;

@@ -74,6 +74,46 @@ fn held_back_output_is_flushed_on_writable_and_bounds_reading() {
     assert_eq!(statuses(&sock.written), vec!["201"; 11]);
 }
 
+/// A write that fails (a reset) closes the connection, whether the answers were just released
+/// (`complete`) or held back by a full socket (`flush_unsent`); nothing more is written or
+/// read. If either path kept the connection (or retried), the `Next` would differ.
+#[test]
+fn a_failed_write_closes_the_connection_on_either_write_path() {
+    let mut h = Harness::new();
+    let mut sock = MockSock {
+        broken: true,
+        ..Default::default()
+    };
+    sock.input.push_back(POST.repeat(3));
+    assert_eq!(
+        h.ready(&mut sock, true),
+        Next::Close,
+        "complete's write failed"
+    );
+    assert!(sock.written.is_empty());
+    assert_eq!(sock.writes, 1, "one write, not retried");
+
+    let mut h = Harness::new();
+    let mut sock = MockSock {
+        write_room: Some(100),
+        ..Default::default()
+    };
+    sock.input.push_back(POST.repeat(3));
+    assert_eq!(h.ready(&mut sock, true), Next::Keep);
+    assert_eq!(sock.written.len(), 100, "the rest is held back");
+    sock.broken = true;
+    sock.input.push_back(POST.to_vec());
+    let (reads, writes) = (sock.reads, sock.writes);
+    assert_eq!(
+        h.ready(&mut sock, false),
+        Next::Close,
+        "flush_unsent's write failed"
+    );
+    assert_eq!(sock.writes, writes + 1, "one write, not retried");
+    assert_eq!(sock.reads, reads, "nothing read after the failure");
+    assert_eq!(sock.written.len(), 100);
+}
+
 #[test]
 fn expect_continue_then_body() {
     let mut h = Harness::new();
