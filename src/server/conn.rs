@@ -305,10 +305,26 @@ impl Conn {
     /// take an answer), then the connection closes.
     #[cold]
     pub fn on_timeout(&mut self, ctx: &mut Ctx<'_>) -> Next {
-        if self.timeout == Timeout::Idle && self.held_parts > 0 {
-            // Not idle: its answers wait for the journal. Look again an idle period later.
-            self.active_ms = ctx.now_ms;
-            self.set_deadline(ctx.now_ms, &ctx.limits.timeouts);
+        if self.held_parts > 0
+            && matches!(
+                self.timeout,
+                Timeout::Idle | Timeout::Header | Timeout::Body
+            )
+        {
+            // Not the client's delay: its answers wait for the journal, and what it sent
+            // behind them (a request we stopped reading past 64 KiB held, or one behind a
+            // `Connection: close` answer) waits with them. A `408` now would follow a held `201`
+            // onto the wire. Look again a period later, counted from now.
+            let now = ctx.now_ms;
+            self.active_ms = now;
+            if self.head_since_ms.is_some() {
+                self.head_since_ms = Some(now);
+            }
+            if let Some(mut p) = self.body() {
+                p.since_ms = now;
+                self.set_body(Some(p));
+            }
+            self.set_deadline(now, &ctx.limits.timeouts);
             return Next::Keep;
         }
         match self.timeout {

@@ -63,3 +63,42 @@ fn a_closed_connections_answers_never_reach_the_next_in_its_slot() {
     let (sock, _) = conns.at_mut(b).expect("open");
     assert_eq!(statuses(&sock.written), vec!["200"], "only its own answer");
 }
+
+/// Regression (found in review): a `POST` with `Connection: close` and a request pipelined
+/// behind it; the `201` waits for the journal past the header timeout. The timeout used to
+/// take the waiting request for a slow client and queue a `408` behind the `201`, so the
+/// client read `201 … Connection: close` and then a stray `408`. A held answer is our delay,
+/// not the client's: the connection waits, and only the `201` goes out.
+#[test]
+fn a_request_behind_a_held_answer_gets_no_408_while_the_journal_is_slow() {
+    let (mut fx, mut outbox, mut conns) = (Fixture::new(), Outbox::default(), Slab::default());
+    let post = String::from_utf8(POST.to_vec()).unwrap();
+    let closing = post.replacen("Host: x\r\n", "Host: x\r\nConnection: close\r\n", 1);
+    let mut request = closing.into_bytes();
+    request.extend_from_slice(HEALTH);
+    let a = open(&mut conns, request);
+    drive(&mut fx, &mut outbox, &mut conns, a, 1);
+    let (_, conn) = conns.at_mut(a).expect("open");
+    let (at, kind) = conn.deadline();
+    assert_eq!(
+        kind,
+        crate::server::conn::Timeout::Header,
+        "the request behind is unread"
+    );
+
+    let before = outbox.len();
+    let mut ctx = fx.ctx_into(outbox.buf());
+    ctx.now_ms = at + 1;
+    assert_eq!(conn.on_timeout(&mut ctx), Next::Keep);
+    assert_eq!(outbox.len(), before, "no 408 queued behind the held 201");
+    assert!(conn.deadline().0 > at, "looked at again later");
+
+    outbox.set_durable(1);
+    let mut ready = Vec::new();
+    outbox.take_ready(&mut ready);
+    for h in &ready {
+        deliver(&mut conns, &outbox, h, at + 1, &TIMEOUTS, &WORKER_METRICS);
+    }
+    let (sock, _) = conns.at_mut(a).expect("still open until its close");
+    assert_eq!(statuses(&sock.written), vec!["201"]);
+}
