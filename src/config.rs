@@ -1,7 +1,9 @@
 //! Flags and environment into a [`Command`], through `clap`: `--help` and `--version` are
 //! written from the flag declarations below, and a bad flag or value is a one-line error
-//! naming it. `$PORT` is the default port.
+//! naming it. `$PORT` is the default port. Sizes and durations are read by [`units`].
 #![forbid(unsafe_code)]
+
+pub mod units;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -120,7 +122,9 @@ fn one_line(e: &clap::Error) -> String {
     version,
     about = "A per-core event-loop HTTP server for the usages API.",
     override_usage = "usaged [OPTIONS]\n       usaged export [--data-dir <DIR>] [--format <FORMAT>]",
-    after_help = "Seconds may have a fraction (0.5), from 0.1 to 86400.",
+    after_help = "SIZE: bytes (65536), or a whole number with B, KiB, MiB, GiB or TiB (64KiB, \
+                  1GiB).\nDURATION: seconds (10, 0.5), or a number with ms, s, m, h or d \
+                  (500ms, 90s, 2m, 1.5h, 1d); from 0.1 seconds to 1 day.",
     args_conflicts_with_subcommands = true,
     args_override_self = true,
     disable_help_subcommand = true,
@@ -163,37 +167,37 @@ struct Serve {
     /// Do not pin worker i to the i-th allowed CPU
     #[arg(long)]
     no_pin: bool,
-    /// Largest request body accepted (else 413)
-    #[arg(long, value_name = "BYTES", default_value = "65536", allow_negative_numbers = true,
-          value_parser = count(0, 1 << 30))]
+    /// Largest request body accepted (else 413), up to 1GiB
+    #[arg(long, value_name = "SIZE", default_value = "65536", allow_negative_numbers = true,
+          value_parser = size::<usize>(0, 1 << 30))]
     max_body: usize,
-    /// Largest request line and headers (else 431)
-    #[arg(long, value_name = "BYTES", default_value = "8192", allow_negative_numbers = true,
-          value_parser = count(256, 1 << 20))]
+    /// Largest request line and headers (else 431), 256 to 1MiB
+    #[arg(long, value_name = "SIZE", default_value = "8192", allow_negative_numbers = true,
+          value_parser = size::<usize>(256, 1 << 20))]
     max_header: usize,
     /// Open connections per worker; past it new ones wait in the backlog [default: the
     /// open-file limit, less a reserve, shared by the workers]
     #[arg(long, value_name = "N", allow_negative_numbers = true,
           value_parser = count(1, 10_000_000))]
     max_conns: Option<usize>,
-    /// Seconds from a request's first byte to the end of its head (else 408)
-    #[arg(long, value_name = "S", default_value = "10", value_parser = seconds)]
+    /// Time from a request's first byte to the end of its head (else 408)
+    #[arg(long, value_name = "DURATION", default_value = "10", value_parser = seconds)]
     header_timeout: Duration,
-    /// Seconds from the end of the head to the end of the body (else 408)
-    #[arg(long, value_name = "S", default_value = "30", value_parser = seconds)]
+    /// Time from the end of the head to the end of the body (else 408)
+    #[arg(long, value_name = "DURATION", default_value = "30", value_parser = seconds)]
     body_timeout: Duration,
-    /// Seconds a keep-alive connection may wait for its next request
-    #[arg(long, value_name = "S", default_value = "60", value_parser = seconds)]
+    /// Time a keep-alive connection may wait for its next request
+    #[arg(long, value_name = "DURATION", default_value = "60", value_parser = seconds)]
     idle_timeout: Duration,
-    /// Seconds a client may take none of its answers before it is cut off
-    #[arg(long, value_name = "S", default_value = "30", value_parser = seconds)]
+    /// Time a client may take none of its answers before it is cut off
+    #[arg(long, value_name = "DURATION", default_value = "30", value_parser = seconds)]
     write_timeout: Duration,
-    /// Seconds to finish open requests on SIGINT/SIGTERM, after the grace
-    #[arg(long, value_name = "S", default_value = "10", value_parser = seconds)]
+    /// Time to finish open requests on SIGINT/SIGTERM, after the grace
+    #[arg(long, value_name = "DURATION", default_value = "10", value_parser = seconds)]
     shutdown_timeout: Duration,
-    /// After SIGINT/SIGTERM, seconds during which /health says 503 and everything else is
+    /// After SIGINT/SIGTERM, time during which /health says 503 and everything else is
     /// served as usual, so a load balancer moves away [default: 0]
-    #[arg(long, value_name = "S", value_parser = seconds)]
+    #[arg(long, value_name = "DURATION", value_parser = seconds)]
     drain_grace: Option<Duration>,
     /// Where the journal lives (created if missing)
     #[arg(long, value_name = "DIR", default_value = "usaged-data")]
@@ -205,18 +209,18 @@ struct Serve {
     /// on power failure; never: left to the kernel
     #[arg(long, value_name = "MODE", default_value = "interval", value_parser = sync())]
     sync: SyncMode,
-    /// Journal segments roll over past this size
-    #[arg(long, value_name = "BYTES", allow_negative_numbers = true,
+    /// Journal segments roll over past this size, 4KiB to 1TiB
+    #[arg(long, value_name = "SIZE", allow_negative_numbers = true,
           default_value_t = crate::store::journal::SEGMENT_BYTES,
-          value_parser = RangedU64ValueParser::<u64>::new().range(4096..=1 << 40))]
+          value_parser = size::<u64>(4096, 1 << 40))]
     segment_size: u64,
     /// Start even if a journal record in the middle is bad: keep what comes before it, move
     /// the rest aside
     #[arg(long)]
     repair: bool,
-    /// Print a status line to stderr every S seconds (requests/s, p50/p99, connections,
+    /// Print a status line to stderr every DURATION (requests/s, p50/p99, connections,
     /// errors, usages stored) [default: off]
-    #[arg(long, value_name = "S", value_parser = seconds)]
+    #[arg(long, value_name = "DURATION", value_parser = seconds)]
     stats: Option<Duration>,
     /// One JSON line per request (time, client, method, path, status, bytes, microseconds, id
     /// if created) to PATH, or - for stdout; written in batches by a helper thread, lines
@@ -258,12 +262,44 @@ fn count(min: u64, max: u64) -> impl TypedValueParser<Value = usize> {
     RangedU64ValueParser::<usize>::new().range(min..=max)
 }
 
-/// A duration in seconds, fractions allowed, from 0.1 s to one day.
-fn seconds(v: &str) -> Result<Duration, String> {
-    match v.parse::<f64>() {
-        Ok(s) if (0.1..=86_400.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
-        _ => Err("expected seconds from 0.1 to 86400".to_string()),
+/// A size ([`units::parse_size`]) from `min` to `max` bytes.
+fn size<T>(min: u64, max: u64) -> impl TypedValueParser<Value = T>
+where
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+{
+    move |v: &str| -> Result<T, String> {
+        let n = units::parse_size(v)?;
+        if !(min..=max).contains(&n) {
+            return Err(format!(
+                "{n} bytes is not in {min}..={max} ({} to {})",
+                units::format_size(min),
+                units::format_size(max)
+            ));
+        }
+        T::try_from(n).map_err(|_| format!("{n} bytes is more than this machine can address"))
     }
+}
+
+/// The shortest and the longest [`seconds`].
+const SECONDS: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(86_400);
+
+/// A duration ([`units::parse_duration`]) from 0.1 s to one day.
+fn seconds(v: &str) -> Result<Duration, String> {
+    let in_range = match v.parse::<f64>() {
+        // Plain seconds are checked before they are rounded to nanoseconds, as they were
+        // before suffixes: 0.09999999999 is out of range though it rounds to 100 ms.
+        Ok(s) => (0.1..=86_400.0).contains(&s),
+        Err(_) => SECONDS.contains(&units::parse_duration(v)?),
+    };
+    if !in_range {
+        return Err(format!(
+            "expected seconds from 0.1 to 86400 ({} to {})",
+            units::format_duration(*SECONDS.start()),
+            units::format_duration(*SECONDS.end())
+        ));
+    }
+    units::parse_duration(v)
 }
 
 fn sync() -> impl TypedValueParser<Value = SyncMode> {

@@ -230,3 +230,112 @@ fn errors_name_the_flag() {
             .contains("--write-timeout")
     );
 }
+
+#[test]
+fn sizes_and_durations_take_suffixes() {
+    let c = serve(
+        "--max-body 1GiB --max-header=16KiB --segment-size 64MiB --header-timeout 500ms \
+         --body-timeout 90s --idle-timeout 2m --write-timeout 1.5m --shutdown-timeout 1h \
+         --drain-grace 0.1s --stats 1d",
+        None,
+    );
+    assert_eq!(
+        (c.max_body, c.max_header, c.segment_bytes),
+        (1 << 30, 16 << 10, 64 << 20)
+    );
+    assert_eq!(
+        (
+            c.header_timeout,
+            c.body_timeout,
+            c.idle_timeout,
+            c.write_timeout
+        ),
+        (
+            Duration::from_millis(500),
+            Duration::from_secs(90),
+            Duration::from_secs(120),
+            Duration::from_secs(90)
+        )
+    );
+    assert_eq!(
+        (c.shutdown_timeout, c.drain_grace, c.stats),
+        (
+            Duration::from_secs(3600),
+            Duration::from_millis(100),
+            Some(Duration::from_secs(86_400))
+        )
+    );
+    let c = serve("--max-body 0B --max-header 1MiB --segment-size 1TiB", None);
+    assert_eq!(
+        (c.max_body, c.max_header, c.segment_bytes),
+        (0, 1 << 20, 1 << 40)
+    );
+    let c = serve(
+        "--max-header 256B --segment-size 4KiB --header-timeout 24h",
+        None,
+    );
+    assert_eq!(
+        (c.max_header, c.segment_bytes, c.header_timeout),
+        (256, 4096, Duration::from_secs(86_400))
+    );
+    // Plain numbers as before: seconds checked before they are rounded to nanoseconds.
+    let c = serve(
+        "--max-body +5 --header-timeout 0.1234567891 --body-timeout 1e2",
+        None,
+    );
+    assert_eq!(
+        (c.max_body, c.header_timeout, c.body_timeout),
+        (5, Duration::new(0, 123_456_789), Duration::from_secs(100))
+    );
+    for (input, needle) in [
+        (
+            "--header-timeout 30d",
+            "expected seconds from 0.1 to 86400 (100ms to 1d)",
+        ),
+        (
+            "--header-timeout 99ms",
+            "expected seconds from 0.1 to 86400",
+        ),
+        (
+            "--body-timeout 86401s",
+            "expected seconds from 0.1 to 86400",
+        ),
+        ("--stats 0.0999999999", "expected seconds from 0.1 to 86400"),
+        ("--drain-grace 0.0000000001s", "finer than a nanosecond"),
+        (
+            "--idle-timeout 5min",
+            "expected seconds (0.5), or a number with ms",
+        ),
+        ("--write-timeout 99999999999999999999999d", "too large"),
+        ("--max-body 1GiB1", "expected a whole number of bytes"),
+        ("--max-body 1.5GiB", "expected a whole number of bytes"),
+        ("--max-body 64kib", "expected a whole number of bytes"),
+        (
+            "--max-body 2GiB",
+            "2147483648 bytes is not in 0..=1073741824 (0 to 1GiB)",
+        ),
+        (
+            "--max-header 255B",
+            "255 bytes is not in 256..=1048576 (256 to 1MiB)",
+        ),
+        ("--segment-size 4095B", "(4KiB to 1TiB)"),
+        ("--segment-size 16777216TiB", "too large"),
+        ("--segment-size 18446744073709551616", "too large"),
+    ] {
+        let e = parse(args(input), None).unwrap_err();
+        let flag = input.split_whitespace().next().unwrap();
+        assert!(e.contains(flag) && e.contains(needle), "{input}: {e}");
+        assert_eq!(e.lines().count(), 1, "{input}: {e}");
+    }
+    let Ok(Command::Help(text)) = parse(args("--help"), None) else {
+        panic!()
+    };
+    for needle in [
+        "--max-body <SIZE>",
+        "--stats <DURATION>",
+        "KiB, MiB, GiB or TiB",
+        "ms, s, m, h or d",
+    ] {
+        assert!(text.contains(needle), "{needle}:\n{text}");
+    }
+}
