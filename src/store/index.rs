@@ -30,7 +30,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::ids::MAX_ID;
-use super::journal::{self, Header, MAX_STRIPES, MIN_RECORD, Record};
+use super::journal::{self, Header, MAX_STRIPES, MIN_RECORD, Record, u32_at, u64_at};
 use crate::json::scan::Usage;
 
 pub const MAGIC: &[u8; 8] = b"USAGEDX1";
@@ -65,16 +65,6 @@ pub const HEADER_LEN: usize = header_at::PAD.end;
 /// Bytes per entry.
 pub const ENTRY_LEN: usize = 8;
 
-/// The little-endian `u32` at `at` of `b`.
-fn u32_at(b: &[u8], at: Range<usize>) -> u32 {
-    u32::from_le_bytes(b[at].try_into().expect("4 bytes"))
-}
-
-/// The little-endian `u64` at `at` of `b`.
-fn u64_at(b: &[u8], at: Range<usize>) -> u64 {
-    u64::from_le_bytes(b[at].try_into().expect("8 bytes"))
-}
-
 /// The CRC32C of entries `e`, as they lie on disk.
 fn entries_crc(e: &[u64]) -> u32 {
     e.iter()
@@ -83,10 +73,7 @@ fn entries_crc(e: &[u64]) -> u32 {
 
 /// The file name of the index of segment `seq` of `key`.
 pub fn index_name(key: &Header, seq: u32) -> String {
-    format!(
-        "e{}-s{}-w{}-{seq:06}.idx",
-        key.base, key.stripes, key.stripe
-    )
+    journal::name_as(key, seq, ".idx")
 }
 
 /// An index header: what a sealed segment holds, without reading it.

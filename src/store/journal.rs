@@ -112,12 +112,12 @@ fn header_crc(h: &[u8]) -> u32 {
 }
 
 /// The little-endian `u32` at `at` of `b` (a range of 4 bytes inside it).
-fn u32_at(b: &[u8], at: Range<usize>) -> u32 {
+pub(super) fn u32_at(b: &[u8], at: Range<usize>) -> u32 {
     u32::from_le_bytes(b[at].try_into().expect("4 bytes"))
 }
 
 /// The little-endian `u64` at `at` of `b` (a range of 8 bytes inside it).
-fn u64_at(b: &[u8], at: Range<usize>) -> u64 {
+pub(super) fn u64_at(b: &[u8], at: Range<usize>) -> u64 {
     u64::from_le_bytes(b[at].try_into().expect("8 bytes"))
 }
 
@@ -173,7 +173,13 @@ impl Header {
 
 /// The file name of segment `seq` of `h`.
 pub fn segment_name(h: &Header, seq: u32) -> String {
-    format!("e{}-s{}-w{}-{seq:06}.seg", h.base, h.stripes, h.stripe)
+    name_as(h, seq, ".seg")
+}
+
+/// The file name `e{base}-s{stripes}-w{stripe}-{seq:06}{ext}` of segment `seq` of `h` (`ext`
+/// `.seg`), or of its index (`.idx`, see [`super::index`]).
+pub fn name_as(h: &Header, seq: u32, ext: &str) -> String {
+    format!("e{}-s{}-w{}-{seq:06}{ext}", h.base, h.stripes, h.stripe)
 }
 
 /// `(header, seq)` a segment file name promises; `None` if it is not one.

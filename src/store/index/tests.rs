@@ -290,3 +290,41 @@ fn from_segment_stops_at_a_torn_tail() {
     assert_eq!((b.records(), b.end()), (39, last));
     assert_eq!(b.entries(), &[offsets[0], offsets[32]]);
 }
+
+#[test]
+fn journal_segments_index_and_recovery_skips_index_files() {
+    use crate::store::recover::tests::run;
+    let (a, b) = (temp_dir("index-plain"), temp_dir("index-with-idx"));
+    let ids = run(&a, 2, 300);
+    for entry in fs::read_dir(&a).unwrap() {
+        let path = entry.unwrap().path();
+        fs::copy(&path, b.join(path.file_name().unwrap())).unwrap();
+        let name = file_name(&path).to_string();
+        let Some((key, seq)) = journal::parse_name(&name) else {
+            continue;
+        };
+        let seg = fs::read(&path).unwrap();
+        let (builder, end) = Builder::from_segment(&seg);
+        assert_eq!(end, journal::End::Clean);
+        let s = builder.seal(key, seq, 0, 1);
+        // Every usage of the stripe, found through the index of its one segment.
+        let mine: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|&id| (id - 1 - key.base) % 2 == u64::from(key.stripe))
+            .collect();
+        assert_eq!(s.meta.records, mine.len() as u64);
+        for (slot, &want) in mine.iter().enumerate() {
+            let span = s.lookup(slot as u64).unwrap();
+            let bytes = &seg[span.bytes.start as usize..span.bytes.end as usize];
+            assert_eq!(nth_usage(bytes, span.nth).unwrap().0, want);
+        }
+        write(&b, &s).unwrap();
+        fs::write(journal::tmp_path(&b.join(index_name(&key, seq + 1))), b"x").unwrap();
+    }
+    // Recovery reads `.idx` and `*.idx.tmp` files as nothing: both runs go on alike.
+    assert_eq!(run(&a, 2, 50), run(&b, 2, 50));
+    for d in [a, b] {
+        fs::remove_dir_all(d).unwrap();
+    }
+}
