@@ -112,12 +112,12 @@ fn header_crc(h: &[u8]) -> u32 {
 }
 
 /// The little-endian `u32` at `at` of `b` (a range of 4 bytes inside it).
-fn u32_at(b: &[u8], at: Range<usize>) -> u32 {
+pub(super) fn u32_at(b: &[u8], at: Range<usize>) -> u32 {
     u32::from_le_bytes(b[at].try_into().expect("4 bytes"))
 }
 
 /// The little-endian `u64` at `at` of `b` (a range of 8 bytes inside it).
-fn u64_at(b: &[u8], at: Range<usize>) -> u64 {
+pub(super) fn u64_at(b: &[u8], at: Range<usize>) -> u64 {
     u64::from_le_bytes(b[at].try_into().expect("8 bytes"))
 }
 
@@ -173,12 +173,24 @@ impl Header {
 
 /// The file name of segment `seq` of `h`.
 pub fn segment_name(h: &Header, seq: u32) -> String {
-    format!("e{}-s{}-w{}-{seq:06}.seg", h.base, h.stripes, h.stripe)
+    name_as(h, seq, ".seg")
+}
+
+/// The file name `e{base}-s{stripes}-w{stripe}-{seq:06}{ext}` of segment `seq` of `h` (`ext`
+/// `.seg`), or of its index (`.idx`, see [`super::index`]).
+pub fn name_as(h: &Header, seq: u32, ext: &str) -> String {
+    format!("e{}-s{}-w{}-{seq:06}{ext}", h.base, h.stripes, h.stripe)
 }
 
 /// `(header, seq)` a segment file name promises; `None` if it is not one.
 pub fn parse_name(name: &str) -> Option<(Header, u32)> {
-    let rest = name.strip_suffix(".seg")?.strip_prefix('e')?;
+    parse_name_as(name, ".seg")
+}
+
+/// `(header, seq)` a file name `e{base}-s{stripes}-w{stripe}-{seq}{ext}` promises: `ext` is
+/// `.seg` for a segment, `.idx` for its index ([`super::index`]); `None` if it is not one.
+pub fn parse_name_as(name: &str, ext: &str) -> Option<(Header, u32)> {
+    let rest = name.strip_suffix(ext)?.strip_prefix('e')?;
     let mut parts = rest.split('-');
     let base = parts.next()?.parse().ok()?;
     let stripes = parts.next()?.strip_prefix('s')?.parse().ok()?;
@@ -264,6 +276,24 @@ pub fn encode(out: &mut Vec<u8>, id: u64, u: &Usage<'_>) {
     out.extend_from_slice(patient);
     out.extend_from_slice(u.medication);
     frame(out, at);
+}
+
+/// What the start of a framed record says, read without checking anything (no checksum, no
+/// bounds): its framed length (at least [`MIN_RECORD`]), its id and whether it is a lease.
+/// For walking records this process just encoded (see [`super::index::Builder`]); anything
+/// read back from disk goes through [`decode`].
+#[inline]
+pub fn peek(head: &[u8; MIN_RECORD]) -> (usize, u64, bool) {
+    let len = usize::from(u16::from_le_bytes(
+        head[frame_at::LEN].try_into().expect("2 bytes"),
+    ));
+    let p = &head[FRAME_LEN..];
+    let lease = p[payload_at::KIND] == KIND_LEASE;
+    (
+        (FRAME_LEN + len).max(MIN_RECORD),
+        u64_at(p, payload_at::ID),
+        lease,
+    )
 }
 
 /// Append a lease record: ids up to `lease` may have been handed out.

@@ -1,14 +1,16 @@
 //! Where usages live: striped ids ([`ids`]) and one append-only arena per worker ([`arena`]).
 //! The arena is the one place another thread reads; it does so without locks and without
 //! `unsafe`, through atomics whose protocol is written beside them. Each stripe's journal is
-//! written by its own thread ([`committer`], format in [`journal`]); at start [`open`] sets
-//! the store up, rebuilding it from the journal ([`recover`]), and [`export`] prints it.
+//! written by its own thread ([`committer`], format in [`journal`]; a sealed segment's side
+//! index in [`index`]); at start [`open`] sets the store up, rebuilding it from the journal
+//! ([`recover`]), and [`export`] prints it.
 #![forbid(unsafe_code)]
 
 pub mod arena;
 pub mod committer;
 pub mod export;
 pub mod ids;
+pub mod index;
 pub mod journal;
 pub mod open;
 pub mod recover;
