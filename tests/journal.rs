@@ -235,18 +235,7 @@ fn export_of_a_million_usages_equals_get() {
     for t in threads {
         t.join().unwrap();
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usaged"))
-        .arg("export")
-        .arg("--data-dir")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = util::export_text(&dir);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len() as u64, N);
     let mut by_id = HashMap::with_capacity(lines.len());

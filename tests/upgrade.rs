@@ -78,22 +78,7 @@ fn record_ids(data: &BTreeMap<String, Vec<u8>>) -> (Vec<u64>, u64) {
 
 /// `usaged export` of `dir`: its lines, which must be in id order.
 fn export(dir: &Path) -> Vec<String> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usaged"))
-        .arg("export")
-        .arg("--data-dir")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
+    util::export_text(dir).lines().map(str::to_string).collect()
 }
 
 /// Every id of `want` answers `GET` with exactly its line.

@@ -26,18 +26,7 @@ pub fn read_back(port: u16, acked: &[(u64, String)]) {
 
 /// `usaged export` of a stopped server's journal: `id → patientId`, checked to exit 0.
 pub fn export(dir: &Path) -> BTreeMap<u64, String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_usaged"))
-        .args(["export", "--data-dir"])
-        .arg(dir)
-        .output()
-        .expect("run usaged export");
-    assert!(
-        out.status.success(),
-        "export: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
+    util::export_text(dir)
         .lines()
         .map(|l| {
             let j: serde_json::Value = serde_json::from_str(l).unwrap();

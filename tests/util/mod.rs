@@ -20,6 +20,22 @@ pub struct Server {
     pub keep_data: bool,
 }
 
+/// What `usaged export --data-dir DIR` prints, checked to exit 0 (the journal of a stopped
+/// server; `usaged export` changes nothing in it).
+pub fn export_text(dir: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_usaged"))
+        .args(["export", "--data-dir"])
+        .arg(dir)
+        .output()
+        .expect("run usaged export");
+    assert!(
+        out.status.success(),
+        "export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("export prints UTF-8")
+}
+
 /// A fresh directory for a server's journal.
 pub fn temp_data_dir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
