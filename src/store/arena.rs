@@ -225,6 +225,25 @@ pub enum StoredPatient {
 }
 
 impl StoredUsage {
+    /// A usage as it was posted (or read back from the journal), copied.
+    pub fn from_usage(u: &Usage<'_>) -> StoredUsage {
+        let mut med = [0; MAX_STR];
+        med[..u.medication.len()].copy_from_slice(u.medication);
+        let patient = match u.patient {
+            Patient::Num(n) => StoredPatient::Num(n),
+            Patient::Str(s) => {
+                let mut p = [0; MAX_STR];
+                p[..s.len()].copy_from_slice(s);
+                StoredPatient::Str(p, s.len())
+            }
+        };
+        StoredUsage {
+            patient,
+            timestamp: u.timestamp,
+            medication: (med, u.medication.len()),
+        }
+    }
+
     pub fn medication(&self) -> &[u8] {
         &self.medication.0[..self.medication.1]
     }

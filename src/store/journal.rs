@@ -97,8 +97,9 @@ pub enum SyncMode {
     Never,
 }
 
-/// The header of a segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The header of a segment; also the key of a stripe of an epoch everywhere segments are
+/// grouped (the segment table, recovery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Header {
     pub stripes: u32,
     pub stripe: u32,

@@ -12,7 +12,9 @@ pub mod export;
 pub mod ids;
 pub mod index;
 pub mod journal;
+pub mod link;
 pub mod open;
 pub mod recover;
+pub mod segments;
 
 pub use arena::{EpochLayout, Store, StoreFull, StoredUsage, StripeWriter};
