@@ -37,6 +37,12 @@ pub struct Config {
     pub drain_grace: Duration,
     /// Journal segments roll over past this size.
     pub segment_bytes: u64,
+    /// RAM for recent usages, all workers together (`--cache`).
+    pub cache_bytes: u64,
+    /// Remove sealed segments older than this (`--retain`; `None`: keep them).
+    pub retain: Option<Duration>,
+    /// Remove the oldest sealed segments while the journal is larger (`--retain-bytes`).
+    pub retain_bytes: Option<u64>,
     pub data_dir: PathBuf,
     pub in_memory: bool,
     pub sync: SyncMode,
@@ -124,7 +130,7 @@ fn one_line(e: &clap::Error) -> String {
     override_usage = "usaged [OPTIONS]\n       usaged export [--data-dir <DIR>] [--format <FORMAT>]",
     after_help = "SIZE: bytes (65536), or a whole number with B, KiB, MiB, GiB or TiB (64KiB, \
                   1GiB).\nDURATION: seconds (10, 0.5), or a number with ms, s, m, h or d \
-                  (500ms, 90s, 2m, 1.5h, 1d); from 0.1 seconds to 1 day.",
+                  (500ms, 90s, 2m, 1.5h, 1d); from 0.1 seconds to 1 day, except --retain.",
     args_conflicts_with_subcommands = true,
     args_override_self = true,
     disable_help_subcommand = true,
@@ -214,6 +220,21 @@ struct Serve {
           default_value_t = crate::store::journal::SEGMENT_BYTES,
           value_parser = size::<u64>(4096, 1 << 40))]
     segment_size: u64,
+    /// RAM for recent usages, all workers together; older ones are read from the journal
+    /// (at least 4MiB per worker)
+    #[arg(long, value_name = "SIZE", allow_negative_numbers = true,
+          default_value_t = crate::store::arena::DEFAULT_CACHE,
+          value_parser = size::<u64>(1 << 20, 1 << 50))]
+    cache: u64,
+    /// Remove journal segments (whole files, oldest first) once older than DURATION, from 1s
+    /// to 36500d; their ids answer 410 [default: keep]
+    #[arg(long, value_name = "DURATION", value_parser = retention)]
+    retain: Option<Duration>,
+    /// Remove the oldest journal segments while the journal is larger than SIZE, at least
+    /// 1MiB [default: no limit]
+    #[arg(long, value_name = "SIZE", allow_negative_numbers = true,
+          value_parser = size::<u64>(1 << 20, u64::MAX))]
+    retain_bytes: Option<u64>,
     /// Start even if a journal record in the middle is bad: keep what comes before it, move
     /// the rest aside
     #[arg(long)]
@@ -247,6 +268,9 @@ impl Serve {
             shutdown_timeout: self.shutdown_timeout,
             drain_grace: self.drain_grace.unwrap_or(Duration::ZERO),
             segment_bytes: self.segment_size,
+            cache_bytes: self.cache,
+            retain: self.retain,
+            retain_bytes: self.retain_bytes,
             data_dir: self.data_dir,
             in_memory: self.in_memory,
             sync: self.sync,
@@ -300,6 +324,20 @@ fn seconds(v: &str) -> Result<Duration, String> {
         ));
     }
     units::parse_duration(v)
+}
+
+/// A retention age ([`units::parse_duration`]) from one second to 100 years.
+fn retention(v: &str) -> Result<Duration, String> {
+    let d = units::parse_duration(v)?;
+    let range = Duration::from_secs(1)..=Duration::from_secs(36_500 * 86_400);
+    if !range.contains(&d) {
+        return Err(format!(
+            "expected from {} to {}",
+            units::format_duration(*range.start()),
+            units::format_duration(*range.end())
+        ));
+    }
+    Ok(d)
 }
 
 fn sync() -> impl TypedValueParser<Value = SyncMode> {

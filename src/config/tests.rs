@@ -188,6 +188,9 @@ fn help_lists_each_flag_on_its_own_line() {
         "--in-memory",
         "--sync",
         "--segment-size",
+        "--cache",
+        "--retain",
+        "--retain-bytes",
         "--repair",
         "--stats",
         "--access-log",
@@ -214,6 +217,11 @@ fn errors_name_the_flag() {
         ("--max-header 255", "--max-header"),
         ("--segment-size 4095", "--segment-size"),
         ("--drain-grace 100000", "--drain-grace"),
+        ("--cache 1KiB", "--cache"),
+        ("--cache lots", "--cache"),
+        ("--retain 0.5s", "--retain"),
+        ("--retain 36501d", "--retain"),
+        ("--retain-bytes 1KiB", "--retain-bytes"),
         ("--sync sometimes", "--sync"),
         ("export --format xml", "--format"),
         ("export --port 1", "--port"),
@@ -338,4 +346,26 @@ fn sizes_and_durations_take_suffixes() {
     ] {
         assert!(text.contains(needle), "{needle}:\n{text}");
     }
+}
+
+#[test]
+fn cache_and_retention_flags() {
+    let d = serve("", None);
+    assert_eq!(
+        (d.cache_bytes, d.retain, d.retain_bytes),
+        (512 << 20, None, None)
+    );
+    let c = serve("--cache 256MiB --retain 30d --retain-bytes 500GiB", None);
+    assert_eq!(c.cache_bytes, 256 << 20);
+    assert_eq!(c.retain, Some(Duration::from_secs(30 * 86_400)));
+    assert_eq!(c.retain_bytes, Some(500 << 30));
+    let c = serve("--retain 12h --retain-bytes 1MiB --cache 1MiB", None);
+    assert_eq!(c.retain, Some(Duration::from_secs(12 * 3600)));
+    assert_eq!((c.retain_bytes, c.cache_bytes), (Some(1 << 20), 1 << 20));
+    let c = serve("--retain 1s", None);
+    assert_eq!(c.retain, Some(Duration::from_secs(1)));
+    assert_eq!(
+        serve("--retain 36500d", None).retain,
+        Some(Duration::from_secs(36_500 * 86_400))
+    );
 }

@@ -127,6 +127,10 @@ impl Meta {
     }
 }
 
+/// `--cache` without the flag: RAM for recent usages, all workers together (about 20M
+/// usages; fits a small machine beside its page cache).
+pub const DEFAULT_CACHE: u64 = 512 << 20;
+
 /// This stripe cannot take another usage: its arena is full or its journal failed (`503`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreFull;
