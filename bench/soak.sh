@@ -272,7 +272,7 @@ summary() {
   ratio_fl=$(ratio "$last" "$first")
   failed=$(awk '{s += $7} END {print s + 0}' "$WORK/reads.txt")
   {
-    echo "usages stored: $STORED ($(($(wc -l <"$CSV") - 2)) runs of ${sample} s)"
+    echo "usages stored: $STORED (wrk runs of ${sample} s: $(($(wc -l <"$CSV") - 2)))"
     echo "max RSS: $(mib "$MAX_RSS") MiB; cache budget $(mib "$BUDGET") MiB; RSS - budget: $(mib_signed $((MAX_RSS - BUDGET))) MiB"
     echo "req/s: first 10 % of runs $first, last 10 % $last (last/first $ratio_fl)"
     echo "journal: $(mib "$DISK_END") MiB on disk ($(awk -v d="$DISK_END" -v n="$STORED" 'BEGIN {if (n > 0) printf "%.1f", d / n}') B per usage), $SEGS_END segments"
