@@ -216,14 +216,8 @@ fn main() -> io::Result<()> {
         if done + errors >= total || (now > end + Duration::from_secs(5)) {
             break;
         }
-        let timeout = if paced {
-            let next = start + interval * scheduled.min(total.saturating_sub(1)) as u32;
-            let timeout = next.saturating_duration_since(Instant::now());
-            if timeout < Duration::from_millis(1) && scheduled < total {
-                Duration::ZERO
-            } else {
-                timeout.min(Duration::from_millis(100))
-            }
+        let timeout = if paced && scheduled < total {
+            until_next(start + interval * scheduled as u32)
         } else {
             Duration::from_millis(100)
         };
@@ -261,6 +255,17 @@ fn main() -> io::Result<()> {
         secs,
     );
     Ok(())
+}
+
+/// How long to wait for events before the request scheduled at `next`: none when that is
+/// under a millisecond away (spin, so it goes out on time), 100 ms at most.
+fn until_next(next: Instant) -> Duration {
+    let timeout = next.saturating_duration_since(Instant::now());
+    if timeout < Duration::from_millis(1) {
+        Duration::ZERO
+    } else {
+        timeout.min(Duration::from_millis(100))
+    }
 }
 
 /// `n` connections to 127.0.0.1:`port`, registered with `poll` (token = index), all connected
