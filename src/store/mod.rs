@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod arena;
+pub mod cold;
 pub mod committer;
 pub mod export;
 pub mod ids;
