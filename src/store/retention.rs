@@ -32,8 +32,9 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::journal::{self, Header, MAX_STRIPES};
@@ -289,6 +290,80 @@ impl Retention {
         self.stats.held_bytes.store(held, Ordering::Relaxed);
         due
     }
+}
+
+/// How often the retention thread looks.
+pub const EVERY: Duration = Duration::from_secs(1);
+
+/// The retention thread: [`Retention::run`] every [`EVERY`] until stopped.
+pub struct Retainer {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+    pub stats: Arc<Stats>,
+}
+
+impl Retainer {
+    pub fn start(mut r: Retention) -> io::Result<Retainer> {
+        let stop: Arc<(Mutex<bool>, Condvar)> = Arc::default();
+        let stats = Arc::clone(&r.stats);
+        let s = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("usaged-retention".into())
+            .spawn(move || {
+                let mut failing = false;
+                let (lock, cv) = &*s;
+                let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                while !*stopped {
+                    let disk = if r.policy.max_bytes.is_some() {
+                        disk_bytes(r.segments.dir())
+                    } else {
+                        0
+                    };
+                    match r.run(unix_ms(), disk) {
+                        Ok(_) if failing => {
+                            failing = false;
+                            eprintln!("usaged: retention: removing old segments works again");
+                        }
+                        Err(e) if !failing => {
+                            failing = true;
+                            eprintln!("usaged: retention: cannot remove old segments: {e}");
+                        }
+                        _ => {}
+                    }
+                    stopped = cv
+                        .wait_timeout(stopped, EVERY)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            })?;
+        Ok(Retainer {
+            stop,
+            thread: Some(thread),
+            stats,
+        })
+    }
+
+    pub fn stop(&mut self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Retainer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The wall clock in Unix milliseconds (what `sealed_ms` is measured in).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Bytes of every segment and index file in `dir` (open segments included).
