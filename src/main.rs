@@ -61,7 +61,7 @@ fn serve(config: &Config) -> Result<(), String> {
         lock: _lock,
     } = open_store(config)?;
     let stats_store = Arc::clone(&store);
-    let running = server::start(config, store, writers, journals)?;
+    let running = server::start(config, store, writers, journals, None)?;
     print_started(config, &running, &nofile);
     if let Some(every) = config.stats {
         let metrics = Arc::clone(&running.metrics);

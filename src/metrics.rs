@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::store::Store;
 use crate::store::arena::RECORD_BYTES;
+use crate::store::cold::ColdRead;
 
 /// Route labels of `usaged_requests_total`.
 pub const ROUTES: [&str; 5] = ["create_usage", "get_usage", "health", "metrics", "other"];
@@ -38,7 +39,7 @@ const BUCKET_LABELS: [&str; 15] = [
     "0.005", "0.01", "0.025", "0.05", "0.1", "+Inf",
 ];
 /// Timeout kinds of `usaged_timeouts_total`.
-pub const TIMEOUTS: [&str; 5] = ["idle", "header", "body", "write", "linger"];
+pub const TIMEOUTS: [&str; 6] = ["idle", "header", "body", "write", "linger", "cold"];
 
 /// Histogram buckets: one per bound in [`BUCKETS_NS`], then `+Inf`.
 const BUCKET_COUNT: usize = BUCKET_LABELS.len();
@@ -70,7 +71,15 @@ pub const JOURNAL_ERRORS: usize = JOURNAL_FSYNC_NS + 1;
 /// 1 while this worker's journal cannot write (failing or stalled), else 0.
 pub const JOURNAL_UNAVAILABLE: usize = JOURNAL_ERRORS + 1;
 pub const ACCESS_LOG_DROPPED: usize = JOURNAL_UNAVAILABLE + 1;
-const CELLS: usize = ACCESS_LOG_DROPPED + 1;
+/// Cold reads by result, in the order of [`COLD_RESULTS`].
+const COLD_READS: usize = ACCESS_LOG_DROPPED + 1;
+/// `BUCKET_COUNT` cold-read latency buckets (asked → read), not cumulative, and their sum.
+const COLD_HIST: usize = COLD_READS + COLD_RESULTS.len();
+const COLD_SUM_NS: usize = COLD_HIST + BUCKET_COUNT;
+const CELLS: usize = COLD_SUM_NS + 1;
+/// Results of `usaged_cold_reads_total` (a read that timed out counts in
+/// `usaged_timeouts_total{kind="cold"}`).
+pub const COLD_RESULTS: [&str; 3] = ["ok", "missing", "unreadable"];
 
 /// The cell counting answers of route `route` (an index into [`ROUTES`]) in status class
 /// `class` (an index into [`CLASSES`]).
@@ -175,17 +184,33 @@ impl WorkerMetrics {
         if n == 0 {
             return;
         }
-        let b = BUCKETS_NS
-            .iter()
-            .position(|&le| ns <= le)
-            .unwrap_or(BUCKETS_NS.len());
-        self.add(HIST + b, n);
+        self.add(HIST + bucket(ns), n);
         self.add(HIST_SUM_NS, ns * n);
+    }
+
+    /// A cold read came back with `r` after `ns` nanoseconds.
+    pub fn cold_read(&self, r: &ColdRead, ns: u64) {
+        let k = match r {
+            ColdRead::Found(_) => 0,
+            ColdRead::Missing => 1,
+            ColdRead::Unreadable(_) => 2,
+        };
+        self.add(COLD_READS + k, 1);
+        self.add(COLD_HIST + bucket(ns), 1);
+        self.add(COLD_SUM_NS, ns);
     }
 
     fn get(&self, i: usize) -> u64 {
         self.cells[i].load(Ordering::Relaxed)
     }
+}
+
+/// The histogram bucket of `ns` nanoseconds.
+fn bucket(ns: u64) -> usize {
+    BUCKETS_NS
+        .iter()
+        .position(|&le| ns <= le)
+        .unwrap_or(BUCKETS_NS.len())
 }
 
 /// Every worker's counters.
@@ -266,6 +291,7 @@ impl Metrics {
         let mut w = Writer { out };
         w.requests(&t);
         w.latency(&t);
+        w.cold_reads(&t);
         w.counters(&t);
         w.journal_gauges(&t);
         w.connections(&t);
@@ -295,22 +321,51 @@ impl Writer<'_> {
 
     /// The latency histogram: cumulative buckets, sum and count.
     fn latency(&mut self, t: &Totals) {
-        self.family(
+        self.histogram(
             "usaged_request_duration_seconds",
-            "histogram",
             "Server time per request, from the read that brought its first byte to its answer being queued.",
+            &t.cells[HIST..HIST + BUCKET_COUNT],
+            t.cells[HIST_SUM_NS],
         );
-        let mut cumulative = 0;
-        for (i, le) in BUCKET_LABELS.iter().enumerate() {
-            cumulative += t.cells[HIST + i];
+    }
+
+    /// Cold reads by result, and how long each took (asked → read, on the reader thread).
+    fn cold_reads(&mut self, t: &Totals) {
+        self.family(
+            "usaged_cold_reads_total",
+            "counter",
+            "GETs of usages no longer in RAM, read from the journal, by result.",
+        );
+        for (k, result) in COLD_RESULTS.iter().enumerate() {
             self.sample(
-                "usaged_request_duration_seconds_bucket",
-                &[("le", le)],
-                cumulative,
+                "usaged_cold_reads_total",
+                &[("result", result)],
+                t.cells[COLD_READS + k],
             );
         }
-        self.seconds("usaged_request_duration_seconds_sum", t.cells[HIST_SUM_NS]);
-        self.sample("usaged_request_duration_seconds_count", &[], cumulative);
+        self.histogram(
+            "usaged_cold_read_duration_seconds",
+            "Time from a cold read being asked of the reader thread to its result.",
+            &t.cells[COLD_HIST..COLD_HIST + BUCKET_COUNT],
+            t.cells[COLD_SUM_NS],
+        );
+    }
+
+    /// A histogram family `name` of `buckets` (not cumulative) and their sum in ns.
+    fn histogram(&mut self, name: &str, help: &str, buckets: &[u64], sum_ns: u64) {
+        self.family(name, "histogram", help);
+        let (bucket, sum, count) = (
+            format!("{name}_bucket"),
+            format!("{name}_sum"),
+            format!("{name}_count"),
+        );
+        let mut cumulative = 0;
+        for (b, le) in buckets.iter().zip(BUCKET_LABELS) {
+            cumulative += b;
+            self.sample(&bucket, &[("le", le)], cumulative);
+        }
+        self.seconds(&sum, sum_ns);
+        self.sample(&count, &[], cumulative);
     }
 
     /// Every family of [`COUNTERS`]: one sample each.

@@ -11,13 +11,12 @@ mod harness;
 #[path = "faults/ledger.rs"]
 mod ledger;
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use harness::{
-    Start, TempDir, Usaged, Wrap, copy_dir, export, have_strace, launch, segments, serve_args,
-    shared, start_refused,
+    Start, TempDir, Usaged, Wrap, copy_dir, export, have_strace, kill_at, launch, segments,
+    serve_args, shared, start_refused,
 };
 use ledger::Ledger;
 
@@ -44,21 +43,6 @@ fn segment_paths(dir: &Path, seqs: std::ops::Range<u32>) -> Vec<String> {
     .collect()
 }
 
-/// strace options: SIGKILL at the `when`-th call of each of `set` on `paths`.
-fn kill_at(set: &str, when: u32, paths: &[String]) -> Vec<String> {
-    let mut o = vec![
-        "-e".to_string(),
-        format!("trace={set}"),
-        "-e".to_string(),
-        format!("inject={set}:signal=SIGKILL:when={when}"),
-    ];
-    for p in paths {
-        o.push("-P".into());
-        o.push(p.clone());
-    }
-    o
-}
-
 /// Where a kill is injected: which calls, the how-many-th, on which files, with which flags.
 struct Point {
     set: &'static str,
@@ -78,37 +62,7 @@ fn crash_at(p: &Point) -> bool {
         Some(seqs) => segment_paths(dir.path(), seqs.clone()),
     };
     let mut l = Ledger::default();
-    let args = serve_args(dir.path(), 1, p.flags);
-    let injected = match launch(Wrap::Strace(kill_at(p.set, p.when, &paths)), &args) {
-        Start::Exited { status, stderr } => {
-            assert_eq!(
-                status.signal(),
-                Some(9),
-                "usaged exited by itself:\n{stderr}"
-            );
-            println!("  killed before it listened");
-            true
-        }
-        Start::Up(mut s) => {
-            let mut c = s.conn();
-            let mut closed = false;
-            for _ in 0..16 {
-                let sent = l.post(&mut c, 25, SECS_10);
-                if sent.closed || !sent.pending.is_empty() {
-                    closed = sent.closed;
-                    break;
-                }
-            }
-            s.kill9();
-            println!(
-                "  {} acknowledged, {} unanswered{}",
-                l.acked.len(),
-                l.unanswered.len(),
-                if closed { "" } else { " (then kill -9)" }
-            );
-            closed
-        }
-    };
+    let injected = l.crash_run(dir.path(), kill_at(p.set, p.when, &paths), p.flags);
     l.verify(dir.path(), 1);
     injected
 }

@@ -15,6 +15,9 @@ use crate::http::status::Reject;
 use crate::metrics::Metrics;
 use crate::store::{Store, StripeWriter};
 pub use router::Route;
+pub use usages::ColdAsk;
+
+use crate::store::cold::ColdRead;
 
 /// What every worker sees of the node's health: draining, and each journal's state.
 #[derive(Debug, Default)]
@@ -79,27 +82,62 @@ impl App {
         }
     }
 
-    /// Answer a complete request: `(close the connection after it, status)`.
+    /// Answer a complete request: `Done` (close the connection after it, and the status), or
+    /// `Cold`: the usage asked for is on disk only and nothing was answered yet; the
+    /// connection waits for its reader thread, then [`App::respond_cold`] answers.
     pub fn respond(
         &mut self,
         route: Result<Route, Reject>,
         head: &Head,
         body: &mut [u8],
         a: &mut Answer<'_>,
-    ) -> (bool, u16) {
-        let result = route.and_then(|route| match route {
-            Route::CreateUsage => {
+    ) -> Responded {
+        let result = match route {
+            Err(r) => Err(r),
+            Ok(Route::CreateUsage) => {
                 usages::create(&mut self.writer, body, head, a, &mut self.last_created)
                     .map(|c| (c, 201))
             }
-            Route::GetUsage(id) => usages::get(&self.store, id, head, a).map(|c| (c, 200)),
-            Route::Health => Ok(health::get(&self.node, head, a)),
-            Route::Metrics => Ok((health::metrics(&self.metrics, &self.store, head, a), 200)),
-        });
-        match result {
-            Ok(done) => done,
+            Ok(Route::GetUsage(id)) => match usages::get(&self.store, id, head, a) {
+                Ok(Ok(c)) => Ok((c, 200)),
+                Ok(Err(ask)) => return Responded::Cold(ask),
+                Err(r) => Err(r),
+            },
+            Ok(Route::Health) => Ok(health::get(&self.node, head, a)),
+            Ok(Route::Metrics) => Ok((health::metrics(&self.metrics, &self.store, head, a), 200)),
+        };
+        done(result, head, a)
+    }
+
+    /// Answer a `GET` whose usage its reader thread read from disk.
+    pub fn respond_cold(
+        &mut self,
+        r: &ColdRead,
+        id: u64,
+        head: &Head,
+        a: &mut Answer<'_>,
+    ) -> (bool, u16) {
+        match usages::answer_cold(r, id, head, a) {
+            Ok(close) => (close, 200),
             Err(r) => (reject(r, Some(head), a), r.status()),
         }
+    }
+}
+
+/// What [`App::respond`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Responded {
+    Done { close: bool, status: u16 },
+    Cold(ColdAsk),
+}
+
+fn done(result: Result<(bool, u16), Reject>, head: &Head, a: &mut Answer<'_>) -> Responded {
+    match result {
+        Ok((close, status)) => Responded::Done { close, status },
+        Err(r) => Responded::Done {
+            close: reject(r, Some(head), a),
+            status: r.status(),
+        },
     }
 }
 

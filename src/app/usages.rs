@@ -6,7 +6,9 @@ use crate::http::response::{self, Extra, Persist};
 use crate::http::status::Reject;
 use crate::json::emit;
 use crate::json::scan::{self, Field, JsonError};
-use crate::store::arena::{StoredPatient, StoredUsage};
+use crate::store::arena::{Lookup, StoredPatient, StoredUsage};
+use crate::store::cold::ColdRead;
+use crate::store::journal::Header;
 use crate::store::{Store, StoreFull, StripeWriter};
 use crate::time::rfc3339;
 
@@ -42,22 +44,46 @@ pub fn create(
     Ok(p == Persist::Close)
 }
 
-/// The stored usage as `{"id":N,"patientId":…,"timestamp":"…","medication":"…"}`.
+/// The stored usage as `{"id":N,"patientId":…,"timestamp":"…","medication":"…"}`, when it is
+/// in RAM; one only on disk is asked of the worker's reader thread ([`ColdAsk`]), and answered
+/// by [`answer_cold`] once read.
 pub fn get(
     store: &Store,
     id: Option<u64>,
     head: &Head,
     a: &mut Answer<'_>,
-) -> Result<bool, Reject> {
+) -> Result<Result<bool, ColdAsk>, Reject> {
     let id = id.ok_or(Reject::NotFound)?;
-    let u = store.get(id).ok_or(Reject::NotFound)?;
-    Ok(super::answer_with(
-        a,
-        head,
-        b"HTTP/1.1 200 OK\r\n",
-        response::JSON,
-        |out| write_json(out, id, &u),
-    ))
+    match store.lookup(id) {
+        Lookup::Hot(u) => Ok(Ok(answer_usage(id, &u, head, a))),
+        Lookup::Cold { key, slot } => Ok(Err(ColdAsk { key, slot, id })),
+        Lookup::Expired => Err(Reject::Gone),
+        Lookup::Missing => Err(Reject::NotFound),
+    }
+}
+
+/// A usage to read from its journal segment: stripe `key`, `slot` in it, and its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColdAsk {
+    pub key: Header,
+    pub slot: u64,
+    pub id: u64,
+}
+
+/// The answer to a `GET` whose usage was read from disk (`ColdRead`): `200` with it, `404`
+/// if the journal does not hold it (any more), `500` if its record is unreadable.
+pub fn answer_cold(r: &ColdRead, id: u64, head: &Head, a: &mut Answer<'_>) -> Result<bool, Reject> {
+    match r {
+        ColdRead::Found(u) => Ok(answer_usage(id, u, head, a)),
+        ColdRead::Missing => Err(Reject::NotFound),
+        ColdRead::Unreadable(_) => Err(Reject::Unreadable),
+    }
+}
+
+fn answer_usage(id: u64, u: &StoredUsage, head: &Head, a: &mut Answer<'_>) -> bool {
+    super::answer_with(a, head, b"HTTP/1.1 200 OK\r\n", response::JSON, |out| {
+        write_json(out, id, u)
+    })
 }
 
 /// `{"id":N,"patientId":…,"timestamp":"…","medication":"…"}`: the API's shape of a stored usage

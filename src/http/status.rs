@@ -9,6 +9,8 @@ pub enum Reject {
     /// A body whose length was known but whose content is not a valid usage: 400, kept.
     BadBody(&'static str),
     NotFound,
+    /// A usage removed by retention: 410, kept.
+    Gone,
     /// Known path, other method; the value is the `Allow` list.
     MethodNotAllowed(&'static str),
     /// The request did not arrive within the header or body timeout: 408, closed.
@@ -24,6 +26,8 @@ pub enum Reject {
     /// The server cannot store usages now (journal failing or stalled, stripe full): 503 with
     /// `Retry-After`, connection kept; nothing was stored.
     Busy(&'static str),
+    /// A stored usage whose journal record cannot be read back (bad bytes on disk): 500, kept.
+    Unreadable,
 }
 
 impl Reject {
@@ -40,6 +44,7 @@ impl Reject {
             Reject::BadRequest(why) => (b"HTTP/1.1 400 Bad Request\r\n", why, true),
             Reject::BadBody(why) => (b"HTTP/1.1 400 Bad Request\r\n", why, false),
             Reject::NotFound => (b"HTTP/1.1 404 Not Found\r\n", "not found", false),
+            Reject::Gone => (b"HTTP/1.1 410 Gone\r\n", "expired", false),
             Reject::MethodNotAllowed(_) => (
                 b"HTTP/1.1 405 Method Not Allowed\r\n",
                 "method not allowed",
@@ -80,6 +85,11 @@ impl Reject {
             ),
             Reject::Unavailable(why) => (b"HTTP/1.1 503 Service Unavailable\r\n", why, true),
             Reject::Busy(why) => (b"HTTP/1.1 503 Service Unavailable\r\n", why, false),
+            Reject::Unreadable => (
+                b"HTTP/1.1 500 Internal Server Error\r\n",
+                "stored usage unreadable",
+                false,
+            ),
         }
     }
 }
@@ -94,6 +104,8 @@ mod tests {
             (Reject::BadRequest("x"), "400", true),
             (Reject::BadBody("x"), "400", false),
             (Reject::NotFound, "404", false),
+            (Reject::Gone, "410", false),
+            (Reject::Unreadable, "500", false),
             (Reject::MethodNotAllowed("GET"), "405", false),
             (Reject::RequestTimeout, "408", true),
             (Reject::LengthRequired, "411", false),

@@ -50,6 +50,9 @@ const OUT_HIGH: usize = 64 * 1024;
 const TURN_OUT_MAX: usize = 4 << 20;
 /// Bytes a closing connection reads and discards before it gives up on a clean close.
 const LINGER_MAX: usize = 1 << 20;
+/// A cold read (`cold.rs` in `server`) not back within this long is answered `503` with
+/// `Retry-After` (a stuck disk), and the connection goes on.
+pub const COLD_READ_MS: u64 = 10_000;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -82,6 +85,8 @@ pub enum Timeout {
     Body,
     Write,
     Linger,
+    /// A cold read did not come back (`503`).
+    Cold,
 }
 
 impl Limits {
@@ -150,11 +155,27 @@ enum Phase {
     Lingering { discarded: usize },
 }
 
+/// A `GET` waiting for its usage to be read from disk. The request stays in the input until
+/// it is answered; nothing behind it is read or answered meanwhile (answers stay in order).
+#[derive(Debug, Clone, Copy)]
+struct Parked {
+    p: Pending,
+    /// Input bytes the request takes (head and body).
+    consumed: usize,
+    ask: app::ColdAsk,
+    ticket: u32,
+    since_ms: u64,
+    /// Handed to the worker ([`Conn::take_ask`]).
+    asked: bool,
+}
+
 /// Why [`Conn::process`] stopped.
 #[derive(PartialEq, Eq)]
 enum Stop {
     /// Nothing more to do with what is buffered.
     Idle,
+    /// A request waits for a cold read.
+    Parked,
     /// Enough output is queued: write it before answering more.
     OutputFull,
 }
@@ -188,6 +209,10 @@ pub struct Conn {
     /// and with 64 KiB or more held reads nothing more.
     pub held_parts: u32,
     pub held_bytes: usize,
+    /// The request waiting for a cold read, its result once back, and the tickets issued.
+    parked: Option<Parked>,
+    cold_result: Option<crate::store::cold::ColdRead>,
+    tickets: u32,
 }
 
 impl Conn {
@@ -207,6 +232,9 @@ impl Conn {
             wait: 0,
             held_parts: 0,
             held_bytes: 0,
+            parked: None,
+            cold_result: None,
+            tickets: 0,
         }
     }
 
@@ -282,6 +310,7 @@ impl Conn {
         let (at, kind) = match &self.phase {
             Phase::Lingering { .. } => (self.deadline_ms.min(now + t.linger_ms), Timeout::Linger),
             _ if !self.unsent.is_empty() => (self.active_ms + t.write_ms, Timeout::Write),
+            _ if let Some(pk) = &self.parked => (pk.since_ms + COLD_READ_MS, Timeout::Cold),
             Phase::Open { body: Some(p) } | Phase::Closing { body: Some(p) } => {
                 (p.since_ms + t.body_ms, Timeout::Body)
             }
@@ -328,6 +357,10 @@ impl Conn {
             return Next::Keep;
         }
         match self.timeout {
+            Timeout::Cold => {
+                self.cold_timed_out(ctx);
+                Next::Keep
+            }
             Timeout::Header | Timeout::Body if self.unsent.is_empty() => {
                 // The 408 goes out through `complete`, which then closes (lingering over what
                 // the client may still be sending).
@@ -347,6 +380,24 @@ impl Conn {
                 Next::Close
             }
         }
+    }
+
+    /// A request parked since the last call waits for its cold read: `(what, ticket)` for the
+    /// worker to hand to its reader thread. Once per parked request.
+    pub fn take_ask(&mut self) -> Option<(app::ColdAsk, u32)> {
+        let pk = self.parked.as_mut().filter(|pk| !pk.asked)?;
+        pk.asked = true;
+        Some((pk.ask, pk.ticket))
+    }
+
+    /// The cold read of ticket `ticket` came back: keep it for the next drive, which answers
+    /// it. `false` (and nothing kept) if that request is no longer waiting (it timed out).
+    pub fn cold_done(&mut self, ticket: u32, r: crate::store::cold::ColdRead) -> bool {
+        if self.parked.is_none_or(|pk| pk.ticket != ticket) {
+            return false;
+        }
+        self.cold_result = Some(r);
+        true
     }
 
     /// Give back the read buffer for reuse by the next connection.
@@ -420,10 +471,15 @@ impl Conn {
         mut readable: bool,
     ) -> Result<(), ()> {
         loop {
-            if self.process(ctx) == Stop::OutputFull {
-                // Answer the rest after this output is out (the worker drives us again).
-                self.more = true;
-                return Ok(());
+            match self.process(ctx) {
+                Stop::OutputFull => {
+                    // Answer the rest after this output is out (the worker drives us again).
+                    self.more = true;
+                    return Ok(());
+                }
+                // Read on once it is answered (the worker drives us again, readable).
+                Stop::Parked => return Ok(()),
+                Stop::Idle => {}
             }
             if self.done_reading() || !readable {
                 return Ok(());

@@ -4,6 +4,7 @@
 //! ([`conn`]), and signal handling ([`signals`]). [`start`] sets them up in named steps.
 //! `server/` never looks inside a body.
 
+pub mod cold;
 pub mod conn;
 pub mod listener;
 pub mod outbox;
@@ -24,7 +25,9 @@ use crate::access_log::{self, WorkerLog};
 use crate::app::{App, Node};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::store::cold::Reader;
 use crate::store::committer;
+use crate::store::segments::Segments;
 use crate::store::{Store, StripeWriter};
 
 /// Workers this configuration runs: `--threads`, else one per CPU of the affinity mask.
@@ -55,6 +58,7 @@ pub fn start(
     store: Arc<Store>,
     writers: Vec<StripeWriter>,
     journals: Option<Vec<committer::Setup>>,
+    segments: Option<Arc<Segments>>,
 ) -> Result<Running, String> {
     let threads = writers.len();
     let access = open_access_logs(config, threads)?;
@@ -95,6 +99,10 @@ pub fn start(
                 Arc::clone(&node),
             ),
             journal,
+            cold: match &segments {
+                Some(s) => Box::new(Reader::new(Arc::clone(s))),
+                None => Box::new(cold::NoDisk),
+            },
             access,
             metrics: Arc::clone(&metrics),
             limits,

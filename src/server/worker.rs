@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::cold::{self, ColdReads, ColdSource};
 use super::conn::{Conn, Ctx, Limits, Next, Timeouts};
 use super::outbox::{Held, Outbox};
 use super::slab::{Slab, token};
@@ -53,6 +54,8 @@ pub struct Setup {
     /// This worker's journal thread, to start once the worker's waker exists (`None`:
     /// `--in-memory`).
     pub journal: Option<(committer::Setup, Arc<committer::Status>)>,
+    /// Where this worker's reader thread reads usages no longer in RAM.
+    pub cold: Box<dyn ColdSource>,
     pub limits: Limits,
     pub max_conns: usize,
     pub drain_grace: Duration,
@@ -77,6 +80,13 @@ pub fn run(setup: Setup) {
                 return;
             }
         };
+    let cold = match ColdReads::start(setup.cold, Arc::clone(&waker), setup.index) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = setup.ready.send(Err(e));
+            return;
+        }
+    };
     let _ = setup.ready.send(Ok(waker));
     let mut w = Worker::new(
         setup.index,
@@ -84,6 +94,7 @@ pub fn run(setup: Setup) {
         setup.metrics,
         listener,
         committer,
+        cold,
         setup.limits,
         setup.max_conns,
         setup.drain_grace,
@@ -139,6 +150,9 @@ struct Worker {
     turn_start: usize,
     /// This worker's journal thread (`None`: `--in-memory`).
     committer: Option<Committer>,
+    /// This worker's reader thread, and the reads it finished (kept for its capacity).
+    cold: ColdReads,
+    cold_done: Vec<cold::Done>,
     date: DateCache,
     limits: Limits,
     /// The coarse clock: milliseconds since `epoch`, read once per loop turn.
@@ -172,6 +186,7 @@ impl Worker {
         metrics: Arc<Metrics>,
         listener: TcpListener,
         committer: Option<Committer>,
+        cold: ColdReads,
         limits: Limits,
         max_conns: usize,
         drain_grace: Duration,
@@ -190,6 +205,8 @@ impl Worker {
             ready: Vec::new(),
             turn_start: 0,
             committer,
+            cold,
+            cold_done: Vec::new(),
             date: DateCache::default(),
             limits,
             epoch: Instant::now(),
@@ -216,6 +233,7 @@ impl Worker {
         self.tick(app);
         self.turn_start = self.outbox.len();
         self.dispatch(poll, events, app);
+        self.resume_cold(app);
         self.expire(app);
         self.commit(app);
         self.release(app);
@@ -294,6 +312,24 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Connections whose cold read came back answer it and go on (their answers go through
+    /// the outbox like any other).
+    fn resume_cold(&mut self, app: &mut App) {
+        self.cold.collect(&mut self.cold_done);
+        let mut done = std::mem::take(&mut self.cold_done);
+        for d in done.drain(..) {
+            let m = self.metrics.worker(self.index);
+            m.cold_read(&d.result, d.nanos);
+            let Some((_, conn)) = self.conns.get_mut(d.conn, d.generation) else {
+                continue;
+            };
+            if conn.cold_done(d.ticket, d.result) {
+                self.drive(token(d.conn, d.generation), true, false, app);
+            }
+        }
+        self.cold_done = done;
     }
 
     /// The access log's lines of this turn go to its writer thread.
@@ -396,6 +432,7 @@ impl Worker {
     /// The worker's last act: the records not yet handed over go to the journal thread, which
     /// writes them, releases the lease and syncs.
     fn finish(&mut self, app: &mut App) {
+        self.cold.stop();
         if let Some(log) = self.access.as_mut() {
             log.turn(u64::MAX);
         }
@@ -448,6 +485,15 @@ impl Worker {
             conn.note_read_closed();
         }
         let next = conn.on_ready(stream, &mut ctx, readable);
+        if let Some((what, ticket)) = conn.take_ask() {
+            let generation = self.conns.generation(index);
+            self.cold.ask(cold::Ask {
+                conn: index,
+                generation,
+                ticket,
+                what,
+            });
+        }
         let stored = app.writer.appended() != stored;
         self.settle(index, start, next, stored);
     }

@@ -16,6 +16,7 @@ pub mod journal;
 pub mod link;
 pub mod open;
 pub mod recover;
+pub mod retention;
 pub mod segments;
 
 pub use arena::{EpochLayout, Store, StoreFull, StoredUsage, StripeWriter};

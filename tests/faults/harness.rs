@@ -587,3 +587,18 @@ impl Drop for Tmpfs {
         let _ = std::fs::remove_dir(&self.path);
     }
 }
+
+/// strace options: SIGKILL at the `when`-th call of each of `set` on `paths`.
+pub fn kill_at(set: &str, when: u32, paths: &[String]) -> Vec<String> {
+    let mut o = vec![
+        "-e".to_string(),
+        format!("trace={set}"),
+        "-e".to_string(),
+        format!("inject={set}:signal=SIGKILL:when={when}"),
+    ];
+    for p in paths {
+        o.push("-P".into());
+        o.push(p.clone());
+    }
+    o
+}

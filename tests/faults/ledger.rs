@@ -10,7 +10,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{Conn, Got, Usaged, export};
+use std::os::unix::process::ExitStatusExt;
+
+use crate::harness::{Conn, Got, Start, Usaged, Wrap, export, launch, serve_args};
 use crate::util::{Response, get, post};
 
 // ---------------------------------------------------------------------------------------------
@@ -316,6 +318,57 @@ impl Ledger {
             missing.len(),
             &missing[..missing.len().min(10)]
         );
+    }
+
+    /// One crash: `usaged --threads 1 FLAGS` on `dir` under strace with `strace` (a SIGKILL
+    /// injected), a client posting pipelined batches of 25 until the server dies (or 16
+    /// batches are answered, then `kill -9`). Whether the injection killed it. The caller
+    /// verifies.
+    pub fn crash_run(&mut self, dir: &Path, strace: Vec<String>, flags: &[&str]) -> bool {
+        self.crash_run_paced(dir, strace, flags, Duration::ZERO)
+    }
+
+    /// As [`Ledger::crash_run`], `pause` between batches (for faults that come with time,
+    /// like retention's).
+    pub fn crash_run_paced(
+        &mut self,
+        dir: &Path,
+        strace: Vec<String>,
+        flags: &[&str],
+        pause: Duration,
+    ) -> bool {
+        let args = serve_args(dir, 1, flags);
+        match launch(Wrap::Strace(strace), &args) {
+            Start::Exited { status, stderr } => {
+                assert_eq!(
+                    status.signal(),
+                    Some(9),
+                    "usaged exited by itself:\n{stderr}"
+                );
+                println!("  killed before it listened");
+                true
+            }
+            Start::Up(mut s) => {
+                let mut c = s.conn();
+                let mut closed = false;
+                for _ in 0..16 {
+                    let sent = self.post(&mut c, 25, Duration::from_secs(10));
+                    if sent.closed || !sent.pending.is_empty() {
+                        closed = sent.closed;
+                        break;
+                    }
+                    std::thread::sleep(pause);
+                }
+                s.kill9();
+                println!(
+                    "  {} acknowledged, {} unanswered{}",
+                    self.acked.len(),
+                    self.unanswered.len(),
+                    if closed { "" } else { " (then kill -9)" }
+                );
+                closed
+            }
+        }
     }
 
     /// After a fault: a plain restart serves every acknowledged usage exactly, new POSTs get

@@ -4,14 +4,15 @@
 
 use std::io::Write;
 
-use super::{Conn, Ctx, OUT_HIGH, Pending, Stop, TURN_OUT_MAX, refuse};
+use super::{Conn, Ctx, OUT_HIGH, Parked, Pending, Stop, TURN_OUT_MAX, answer, refuse};
 use crate::access_log::Line;
-use crate::app::{Answer, Route, router};
+use crate::app::{self, Answer, Responded, Route, router};
 use crate::http::chunked::{ChunkError, Chunked, Progress};
 use crate::http::request::{Framing, Head, Parsed, parse_head};
 use crate::http::response;
 use crate::http::status::Reject;
 use crate::metrics;
+use crate::store::cold::ColdRead;
 
 /// The body of the request at `start`: `len` decoded bytes after its head, having taken
 /// `consumed` bytes of input.
@@ -24,6 +25,13 @@ impl Conn {
     /// Answer every complete request in the buffer, in order.
     pub(super) fn process(&mut self, ctx: &mut Ctx<'_>) -> Stop {
         loop {
+            if let Some(pk) = self.parked {
+                let Some(r) = self.cold_result.take() else {
+                    return Stop::Parked;
+                };
+                self.respond_cold(pk, &r, ctx);
+                continue;
+            }
             if self.is_closing() {
                 return Stop::Idle;
             }
@@ -120,7 +128,8 @@ impl Conn {
         }
     }
 
-    /// Answer the request at `start`, whose body is all here, and move past it.
+    /// Answer the request at `start`, whose body is all here, and move past it; or park it
+    /// when its usage must be read from disk.
     fn respond(&mut self, p: Pending, body: Body, ctx: &mut Ctx<'_>) {
         self.set_body(None);
         let head_len = p.head.len;
@@ -132,7 +141,63 @@ impl Conn {
             force_close: ctx.draining,
         };
         let out_before = a.out.len();
-        let (close, status) = ctx.app.respond(p.route, &p.head, body_bytes, &mut a);
+        let consumed = head_len + body.consumed;
+        match ctx.app.respond(p.route, &p.head, body_bytes, &mut a) {
+            Responded::Done { close, status } => {
+                self.answered(&p, consumed, (close, status), out_before, ctx);
+            }
+            Responded::Cold(ask) => {
+                self.tickets = self.tickets.wrapping_add(1);
+                self.parked = Some(Parked {
+                    p,
+                    consumed,
+                    ask,
+                    ticket: self.tickets,
+                    since_ms: ctx.now_ms,
+                    asked: false,
+                });
+            }
+        }
+    }
+
+    /// Answer the parked request with its cold read, and move past it.
+    fn respond_cold(&mut self, pk: Parked, r: &ColdRead, ctx: &mut Ctx<'_>) {
+        self.parked = None;
+        let mut a = Answer {
+            out: ctx.out,
+            date: ctx.date,
+            force_close: ctx.draining,
+        };
+        let out_before = a.out.len();
+        let done = ctx.app.respond_cold(r, pk.ask.id, &pk.p.head, &mut a);
+        self.answered(&pk.p, pk.consumed, done, out_before, ctx);
+    }
+
+    /// The parked request's read did not come back in time: `503` with `Retry-After`, and
+    /// the connection goes on with what follows it (driven again by the worker).
+    pub(super) fn cold_timed_out(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(pk) = self.parked.take() else {
+            return;
+        };
+        self.cold_result = None;
+        let r = Reject::Busy("reading the usage from disk timed out; retry later");
+        let mut a = answer(ctx);
+        let out_before = a.out.len();
+        let close = app::reject(r, Some(&pk.p.head), &mut a);
+        self.answered(&pk.p, pk.consumed, (close, r.status()), out_before, ctx);
+        self.more = true;
+    }
+
+    /// The request at `start` (`consumed` bytes) was answered `(close, status)` from
+    /// `out_before` on: count and log it, and move past it.
+    fn answered(
+        &mut self,
+        p: &Pending,
+        consumed: usize,
+        (close, status): (bool, u16),
+        out_before: usize,
+        ctx: &mut Ctx<'_>,
+    ) {
         ctx.metrics.request(Route::label(&p.route), status);
         if ctx.access.is_some() {
             self.log(ctx, &p.head, status, out_before);
@@ -140,7 +205,7 @@ impl Conn {
         if close {
             self.close_after();
         }
-        self.input.consume(head_len + body.consumed);
+        self.input.consume(consumed);
         // Server time: from the read that brought the request's first byte to now (taken
         // once per readiness, in `drive`).
         self.clock.answered(!self.input.is_empty());
