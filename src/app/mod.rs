@@ -17,6 +17,7 @@ use crate::store::{Store, StripeWriter};
 pub use router::Route;
 pub use usages::ColdAsk;
 
+use crate::store::arena::Lookup;
 use crate::store::cold::ColdRead;
 
 /// What every worker sees of the node's health: draining, and each journal's state.
@@ -117,7 +118,14 @@ impl App {
         head: &Head,
         a: &mut Answer<'_>,
     ) -> (bool, u16) {
-        match usages::answer_cold(r, id, head, a) {
+        // Retention may have removed it while it was read: `410` from then on, for good.
+        let expired = matches!(self.store.lookup(id), Lookup::Expired);
+        let answer = if expired {
+            Err(Reject::Gone)
+        } else {
+            usages::answer_cold(r, id, head, a)
+        };
+        match answer {
             Ok(close) => (close, 200),
             Err(r) => (reject(r, Some(head), a), r.status()),
         }

@@ -21,11 +21,19 @@ use crate::store::journal::Header;
 /// Where a reader thread reads usages from: the journal's segments, or nothing (no journal).
 pub trait ColdSource: Send {
     fn read(&mut self, key: &Header, slot: u64, id: u64) -> ColdRead;
+
+    /// No read is waiting: a moment to let go of what is no longer needed.
+    fn idle(&mut self) {}
 }
 
 impl ColdSource for Reader {
     fn read(&mut self, key: &Header, slot: u64, id: u64) -> ColdRead {
         Reader::read(self, key, slot, id)
+    }
+
+    /// Close the files of segments retention removed.
+    fn idle(&mut self) {
+        self.prune();
     }
 }
 
@@ -165,5 +173,6 @@ fn serve(
             next = rx.try_recv().ok();
         }
         let _ = wake.wake();
+        source.idle();
     }
 }
