@@ -9,6 +9,9 @@ pub enum Reject {
     /// A body whose length was known but whose content is not a valid usage: 400, kept.
     BadBody(&'static str),
     NotFound,
+    /// The usage was stored but is gone: removed by retention, or evicted from a store without
+    /// a journal: 410 `expired`, kept.
+    Gone,
     /// Known path, other method; the value is the `Allow` list.
     MethodNotAllowed(&'static str),
     /// The request did not arrive within the header or body timeout: 408, closed.
@@ -40,6 +43,7 @@ impl Reject {
             Reject::BadRequest(why) => (b"HTTP/1.1 400 Bad Request\r\n", why, true),
             Reject::BadBody(why) => (b"HTTP/1.1 400 Bad Request\r\n", why, false),
             Reject::NotFound => (b"HTTP/1.1 404 Not Found\r\n", "not found", false),
+            Reject::Gone => (b"HTTP/1.1 410 Gone\r\n", "expired", false),
             Reject::MethodNotAllowed(_) => (
                 b"HTTP/1.1 405 Method Not Allowed\r\n",
                 "method not allowed",
@@ -94,6 +98,7 @@ mod tests {
             (Reject::BadRequest("x"), "400", true),
             (Reject::BadBody("x"), "400", false),
             (Reject::NotFound, "404", false),
+            (Reject::Gone, "410", false),
             (Reject::MethodNotAllowed("GET"), "405", false),
             (Reject::RequestTimeout, "408", true),
             (Reject::LengthRequired, "411", false),
