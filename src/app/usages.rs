@@ -6,7 +6,7 @@ use crate::http::response::{self, Extra, Persist};
 use crate::http::status::Reject;
 use crate::json::emit;
 use crate::json::scan::{self, Field, JsonError};
-use crate::store::arena::{StoredPatient, StoredUsage};
+use crate::store::arena::{Lookup, StoredPatient, StoredUsage};
 use crate::store::{Store, StoreFull, StripeWriter};
 use crate::time::rfc3339;
 
@@ -50,7 +50,12 @@ pub fn get(
     a: &mut Answer<'_>,
 ) -> Result<bool, Reject> {
     let id = id.ok_or(Reject::NotFound)?;
-    let u = store.get(id).ok_or(Reject::NotFound)?;
+    let u = match store.lookup(id) {
+        Lookup::Hot(u) => u,
+        Lookup::Expired => return Err(Reject::Gone),
+        // Cold reads are not served yet: a usage out of RAM answers as if never stored.
+        Lookup::Cold { .. } | Lookup::Missing => return Err(Reject::NotFound),
+    };
     Ok(super::answer_with(
         a,
         head,
