@@ -360,6 +360,7 @@ impl Store {
             chunk: None,
             oldest: 0,
             quarter: (s.ring_records() / 4).max(1),
+            checked_taken: 0,
             strings: Strings::new(s.frames.len(), s.pool.blocks.len()),
         }
     }
@@ -405,6 +406,8 @@ pub struct StripeWriter {
     oldest: u64,
     /// A quarter of the ring: unsealed slots past it raise `want_seal`.
     quarter: u64,
+    /// `strings.taken` when the pool's share of unsealed chunks was last checked.
+    checked_taken: u64,
     strings: Strings,
 }
 
@@ -453,21 +456,39 @@ impl StripeWriter {
         }
         self.next = slot + 1;
         // Publish (W6): everything above happens-before any reader's Acquire load that sees it.
-        let stripe = self.stripe();
-        stripe.len.store(self.next, Ordering::Release);
-        if self.store.journaled
-            && self
-                .next
-                .saturating_sub(stripe.link.sealed_end.load(Ordering::Relaxed))
-                >= self.quarter
-        {
-            stripe.link.want_seal.store(true, Ordering::Relaxed);
+        self.stripe().len.store(self.next, Ordering::Release);
+        if self.store.journaled && self.unsealed_too_large() {
+            self.stripe().link.want_seal.store(true, Ordering::Relaxed);
         }
         if let Some(b) = &mut self.batch {
             super::journal::encode(b, id, u);
         }
         self.last_id = id;
         Ok(id)
+    }
+
+    /// Whether the unsealed part of the stripe holds a quarter of its ring, or (checked when a
+    /// block was taken since the last check) its chunks own a quarter of the pool: then the
+    /// journal thread is asked to seal, so eviction never waits for the open segment.
+    fn unsealed_too_large(&mut self) -> bool {
+        let stripe = &self.store.epochs[self.epoch].stripes[self.stripe as usize];
+        let sealed = stripe.link.sealed_end.load(Ordering::Relaxed);
+        if self.next.saturating_sub(sealed) >= self.quarter {
+            return true;
+        }
+        if self.strings.taken == self.checked_taken {
+            return false;
+        }
+        self.checked_taken = self.strings.taken;
+        let Some(current) = self.chunk else {
+            return false;
+        };
+        let frames = stripe.frames.len() as u64;
+        let first = self.oldest.max(sealed >> stripe.chunk_bits);
+        let owned: u64 = (first..=current)
+            .map(|c| self.strings.owned_by((c % frames) as usize))
+            .sum();
+        owned * 4 >= stripe.pool.blocks.len() as u64
     }
 
     /// Write `u`'s record (W4, W5) at `slot`, entering its chunk and interning its strings.

@@ -72,6 +72,10 @@ pub(super) struct Strings {
     next: Vec<u32>,
     /// Per frame: the first block of its chunk's list.
     owned: Vec<u32>,
+    /// Per frame: how many blocks its chunk owns.
+    owned_count: Vec<u32>,
+    /// Blocks taken so far (a counter that moves with every take).
+    pub taken: u64,
     current: u32,
     /// Next free word of `current`.
     word: u64,
@@ -87,6 +91,8 @@ impl Strings {
             fresh: 0,
             next: vec![NONE; blocks],
             owned: vec![NONE; frames],
+            owned_count: vec![0; frames],
+            taken: 0,
             current: NONE,
             word: 0,
             interned: Vec::new(),
@@ -104,11 +110,17 @@ impl Strings {
 
     /// W3: the blocks of the chunk in `frame` go to the free list (after its W1 and W2).
     pub fn free_frame(&mut self, frame: usize) {
+        self.owned_count[frame] = 0;
         let mut b = std::mem::replace(&mut self.owned[frame], NONE);
         while b != NONE {
             self.free.push(b);
             b = self.next[b as usize];
         }
+    }
+
+    /// Blocks the chunk in `frame` owns.
+    pub fn owned_by(&self, frame: usize) -> u64 {
+        u64::from(self.owned_count[frame])
     }
 
     /// The ref of `s` among the strings of the chunk in `frame`, adding it the first time.
@@ -210,6 +222,8 @@ impl Strings {
         };
         self.next[b as usize] = self.owned[frame];
         self.owned[frame] = b;
+        self.owned_count[frame] += 1;
+        self.taken += 1;
         self.current = b;
         self.word = 0;
         Ok(())

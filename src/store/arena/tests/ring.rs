@@ -124,7 +124,9 @@ fn without_a_journal_the_ring_wraps_and_evicted_ids_expire() {
 /// without losing anything; `want_seal` rises at a quarter of the ring; released, appends go on.
 #[test]
 fn a_journaled_ring_waits_for_the_seal() {
-    let store = Arc::new(Store::with_geometry(&[layout(1)], TINY, true));
+    // Pool enough for the whole ring, so the ring's quarter is what asks for the seal.
+    let g = Geometry { blocks: 64, ..TINY };
+    let store = Arc::new(Store::with_geometry(&[layout(1)], g, true));
     let link = store.link(0, 0);
     let mut w = store.writer(0);
     let quarter = TINY.records() / 4;
@@ -143,7 +145,7 @@ fn a_journaled_ring_waits_for_the_seal() {
         }
         assert!(slot <= TINY.records());
     };
-    assert!(full > TINY.records() / 2, "{full}");
+    assert_eq!(full, TINY.records(), "the ring is full, nothing evicted");
     assert_eq!(store.len(), full);
     for s in 0..full {
         check(store.get(ids::id_of(0, s, 1)).expect("nothing evicted"), s);
@@ -161,6 +163,28 @@ fn a_journaled_ring_waits_for_the_seal() {
         0,
         "sealed ids are cold, not expired"
     );
+}
+
+/// Unsealed chunks owning a quarter of the pool ask for the seal too, long before the ring's
+/// quarter: else long strings would run the pool out with nothing sealed to evict.
+#[test]
+fn a_quarter_of_the_pool_unsealed_asks_for_the_seal() {
+    let g = Geometry { frames: 64, ..TINY };
+    let store = Arc::new(Store::with_geometry(&[layout(1)], g, true));
+    let link = store.link(0, 0);
+    let mut w = store.writer(0);
+    let mut slot = 0;
+    while !link.want_seal.load(Ordering::Relaxed) {
+        append(&mut w, slot);
+        slot += 1;
+        assert!(slot < g.records() / 4, "want_seal by the pool's quarter");
+    }
+    assert!(slot > 8, "not at once: {slot}");
+    // Sealed: the check starts over from the sealed end.
+    link.sealed_end.store(w.next, Ordering::Release);
+    link.want_seal.store(false, Ordering::Relaxed);
+    append(&mut w, slot);
+    assert!(!link.want_seal.load(Ordering::Relaxed));
 }
 
 fn try_append(w: &mut StripeWriter, slot: u64) -> Result<u64, StoreFull> {
