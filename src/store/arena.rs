@@ -24,80 +24,11 @@ mod pool;
 mod ring;
 
 use pool::{Pool, Strings};
+pub use ring::Geometry;
 use ring::{EMPTY, Found, Frame, INLINE_MAX, Meta, Record, Stripe, Tag, WORDS_PER_RECORD};
 
 /// `--cache` when none is given: 512 MiB.
 pub const DEFAULT_CACHE: u64 = 512 << 20;
-
-/// The shape of each current stripe's cache. Runtime, so tests can shrink it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Geometry {
-    /// A chunk is `2^chunk_bits` records.
-    pub chunk_bits: u32,
-    /// Chunk frames in the ring.
-    pub frames: usize,
-    /// String blocks in the pool.
-    pub blocks: usize,
-    /// A block is `2^block_bits` words.
-    pub block_bits: u32,
-}
-
-impl Geometry {
-    /// 2^14 records a chunk: 384 KiB of words.
-    pub const CHUNK_BITS: u32 = 14;
-    /// 4096 words a block: 32 KiB.
-    pub const BLOCK_BITS: u32 = 12;
-    /// No frames, no blocks: every slot cold (old epochs).
-    pub const NONE: Geometry = Geometry {
-        chunk_bits: Geometry::CHUNK_BITS,
-        frames: 0,
-        blocks: 0,
-        block_bits: Geometry::BLOCK_BITS,
-    };
-
-    /// The geometry for `share` bytes: 7/8 for frames, 1/8 for blocks, at least 8 of each
-    /// (so within `share` from 4 MiB up, the smallest share `--cache` allows a worker), at most
-    /// 2^20 blocks (string refs are 32 bits).
-    pub fn for_share(share: u64) -> Geometry {
-        let chunk = Geometry::bytes_of(Geometry::CHUNK_BITS, WORDS_PER_RECORD as u64);
-        let block = Geometry::bytes_of(Geometry::BLOCK_BITS, 1);
-        Geometry {
-            chunk_bits: Geometry::CHUNK_BITS,
-            frames: (share / 8 * 7 / chunk).max(8) as usize,
-            blocks: (share / 8 / block).clamp(8, 1 << 20) as usize,
-            block_bits: Geometry::BLOCK_BITS,
-        }
-    }
-
-    fn bytes_of(bits: u32, words_each: u64) -> u64 {
-        (1u64 << bits) * words_each * 8
-    }
-
-    /// Bytes the ring and the pool take once every frame and block is in use.
-    pub fn bytes(&self) -> u64 {
-        self.frames as u64 * Geometry::bytes_of(self.chunk_bits, WORDS_PER_RECORD as u64)
-            + self.blocks as u64 * Geometry::bytes_of(self.block_bits, 1)
-    }
-
-    /// Usages the ring holds at once.
-    pub fn records(&self) -> u64 {
-        (self.frames as u64) << self.chunk_bits
-    }
-
-    /// Panics on a geometry whose string refs would not fit 32 bits or whose block cannot
-    /// hold the longest string.
-    fn check(&self) {
-        assert!(self.chunk_bits <= 30, "chunks of at most 2^30 records");
-        assert!(
-            1u64 << self.block_bits >= pool::MAX_STRING_WORDS,
-            "a block holds the longest string"
-        );
-        assert!(
-            (self.blocks as u64) << self.block_bits <= 1 << 32,
-            "string refs fit 32 bits"
-        );
-    }
-}
 
 /// This stripe cannot take another usage: its cache cannot recycle a chunk (not sealed yet),
 /// its journal failed, or ids ran out (`503`).

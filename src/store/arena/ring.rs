@@ -1,5 +1,5 @@
-//! A stripe's ring of chunk frames, the record words inside them, and how a reader on another
-//! thread looks a slot up while the stripe's writer recycles frames under it.
+//! A stripe's ring of chunk frames (its [`Geometry`]), the record words inside them, and how a
+//! reader on another thread looks a slot up while the stripe's writer recycles frames under it.
 //!
 //! A chunk is `2^chunk_bits` consecutive slots (chunk `c` holds `c << chunk_bits ..`); chunk `c`
 //! lives in frame `c % frames`. A frame's words are allocated on first use and never freed, only
@@ -34,7 +34,7 @@
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::sync::{Arc, OnceLock};
 
-use super::pool::Pool;
+use super::pool::{MAX_STRING_WORDS, Pool};
 use super::{StoredPatient, StoredUsage};
 use crate::json::scan::MAX_STR;
 use crate::store::link::StripeLink;
@@ -135,6 +135,86 @@ impl Meta {
             },
             inline_len: (w >> Self::LEN_SHIFT) as u8,
         }
+    }
+}
+
+/// The shape of each current stripe's cache. Runtime, so tests can shrink it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// A chunk is `2^chunk_bits` records.
+    pub chunk_bits: u32,
+    /// Chunk frames in the ring.
+    pub frames: usize,
+    /// String blocks in the pool.
+    pub blocks: usize,
+    /// A block is `2^block_bits` words.
+    pub block_bits: u32,
+}
+
+impl Geometry {
+    /// 2^14 records a chunk: 384 KiB of words.
+    pub const CHUNK_BITS: u32 = 14;
+    /// 4096 words a block: 32 KiB.
+    pub const BLOCK_BITS: u32 = 12;
+    /// No frames, no blocks: every slot cold (old epochs).
+    pub const NONE: Geometry = Geometry {
+        chunk_bits: Geometry::CHUNK_BITS,
+        frames: 0,
+        blocks: 0,
+        block_bits: Geometry::BLOCK_BITS,
+    };
+
+    /// The geometry for `share` bytes: 7/8 for frames, 1/8 for blocks, at least 8 of each
+    /// (so within `share` from 4 MiB up, the smallest share `--cache` allows a worker), at most
+    /// 2^20 blocks (string refs are 32 bits). Chunks are 2^14 records and blocks 4096 words
+    /// unless half the pool cannot hold one chunk's strings, worst case (two distinct strings
+    /// of [`MAX_STR`] bytes a record; shares under 36 MiB): then both shrink, chunks to fit and
+    /// blocks with them (a quarter of a chunk's records in words, as by default), so the chunk
+    /// being written can always get blocks by evicting older chunks, and a chunk of few strings
+    /// still takes one block only.
+    pub fn for_share(share: u64) -> Geometry {
+        let pool_words = share / 8 / 8;
+        let mut chunk_bits = Geometry::CHUNK_BITS;
+        while chunk_bits > 6 && (1u64 << chunk_bits) * 2 * MAX_STRING_WORDS > pool_words / 2 {
+            chunk_bits -= 1;
+        }
+        let block_bits = Geometry::BLOCK_BITS + chunk_bits - Geometry::CHUNK_BITS;
+        let chunk = Geometry::bytes_of(chunk_bits, WORDS_PER_RECORD as u64);
+        Geometry {
+            chunk_bits,
+            frames: (share / 8 * 7 / chunk).max(8) as usize,
+            blocks: (pool_words >> block_bits).clamp(8, 1 << 20) as usize,
+            block_bits,
+        }
+    }
+
+    fn bytes_of(bits: u32, words_each: u64) -> u64 {
+        (1u64 << bits) * words_each * 8
+    }
+
+    /// Bytes the ring and the pool take once every frame and block is in use.
+    pub fn bytes(&self) -> u64 {
+        self.frames as u64 * Geometry::bytes_of(self.chunk_bits, WORDS_PER_RECORD as u64)
+            + self.blocks as u64 * Geometry::bytes_of(self.block_bits, 1)
+    }
+
+    /// Usages the ring holds at once.
+    pub fn records(&self) -> u64 {
+        (self.frames as u64) << self.chunk_bits
+    }
+
+    /// Panics on a geometry whose string refs would not fit 32 bits or whose block cannot
+    /// hold the longest string.
+    pub(super) fn check(&self) {
+        assert!(self.chunk_bits <= 30, "chunks of at most 2^30 records");
+        assert!(
+            1u64 << self.block_bits >= MAX_STRING_WORDS,
+            "a block holds the longest string"
+        );
+        assert!(
+            (self.blocks as u64) << self.block_bits <= 1 << 32,
+            "string refs fit 32 bits"
+        );
     }
 }
 

@@ -272,6 +272,55 @@ fn a_full_cache_costs_at_most_32_bytes_a_usage() {
     assert!(worst > 20.0 && worst <= 32.0, "{worst} B a usage");
 }
 
+/// The geometries `--cache` gives: the figures the README quotes, always within the share,
+/// and chunks small enough that half the pool holds one chunk's strings.
+#[test]
+fn geometry_for_a_share() {
+    let g = Geometry::for_share(DEFAULT_CACHE);
+    assert_eq!((g.chunk_bits, g.frames, g.blocks), (14, 1194, 2048));
+    assert_eq!(g.records(), 19_562_496);
+    let g = Geometry::for_share(256 << 20);
+    assert_eq!((g.chunk_bits, g.frames, g.blocks), (14, 597, 1024));
+    assert_eq!(g.records(), 9_781_248);
+    let g = Geometry::for_share(4 << 20);
+    assert_eq!(
+        (g.chunk_bits, g.frames, g.blocks, g.block_bits),
+        (10, 149, 256, 8)
+    );
+    for mib in [4u64, 5, 8, 17, 32, 35, 36, 100, 512, 4096] {
+        let g = Geometry::for_share(mib << 20);
+        assert!(g.bytes() <= mib << 20, "{mib} MiB: {g:?}");
+        let worst = (1u64 << g.chunk_bits) * 2 * pool::MAX_STRING_WORDS;
+        assert!(
+            worst <= (g.blocks as u64) << g.block_bits >> 1,
+            "{mib} MiB: {g:?}"
+        );
+        assert_eq!(g.chunk_bits == 14, mib >= 36, "{mib} MiB: {g:?}");
+    }
+}
+
+/// Distinct strings of the longest length in every record never wedge a stripe without a
+/// journal on the smallest share: older chunks are evicted early for the current one's blocks.
+#[test]
+fn the_smallest_share_takes_the_longest_distinct_strings() {
+    let g = Geometry::for_share(4 << 20);
+    let store = Arc::new(Store::with_geometry(&[layout(1)], g, false));
+    let mut w = store.writer(0);
+    for i in 0..4 * g.records() {
+        let (p, m) = (format!("{i:0>64}"), format!("{:0>64}", i + 1));
+        let u = Usage {
+            patient: Patient::Str(p.as_bytes()),
+            timestamp: Timestamp {
+                ms: 0,
+                offset_min: 0,
+            },
+            medication: m.as_bytes(),
+        };
+        w.append(&u).unwrap();
+    }
+    assert!(store.cache_bytes() <= 4 << 20);
+}
+
 fn short_string() -> impl Strategy<Value = String> {
     prop_oneof![
         Just(String::new()),
