@@ -6,7 +6,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::store::Store;
-use crate::store::arena::RECORD_BYTES;
 use crate::store::cold::ColdRead;
 
 /// Route labels of `usaged_requests_total`.
@@ -86,9 +85,6 @@ pub const COLD_RESULTS: [&str; 3] = ["ok", "missing", "unreadable"];
 const fn request_cell(route: usize, class: usize) -> usize {
     REQUESTS + route * CLASSES.len() + class
 }
-
-// The help text of `usaged_arena_bytes` says so.
-const _: () = assert!(RECORD_BYTES == 24);
 
 /// The plain counters, rendered one family each: name, help, cell.
 const COUNTERS: [(&str, &str, usize); 10] = [
@@ -428,9 +424,21 @@ impl Writer<'_> {
         self.family(
             "usaged_arena_bytes",
             "gauge",
-            "Bytes of usage records in the arenas (24 per usage).",
+            "Bytes allocated for the cache (record frames and string blocks).",
         );
-        self.sample("usaged_arena_bytes", &[], store.len() * RECORD_BYTES);
+        self.sample("usaged_arena_bytes", &[], store.cache_bytes());
+        self.family(
+            "usaged_cache_budget_bytes",
+            "gauge",
+            "Bytes the cache may take (--cache).",
+        );
+        self.sample("usaged_cache_budget_bytes", &[], store.cache_budget());
+        self.family(
+            "usaged_cache_usages",
+            "gauge",
+            "Usages held in the cache (answered from RAM).",
+        );
+        self.sample("usaged_cache_usages", &[], store.cache_usages());
     }
 }
 
@@ -511,6 +519,9 @@ mod tests {
         assert!(text.contains("usaged_request_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("usaged_request_duration_seconds_sum 2.000060000\n"));
         assert!(text.contains("usaged_request_duration_seconds_count 3\n"));
+        assert!(text.contains("usaged_arena_bytes 0\n"));
+        assert!(text.contains("usaged_cache_budget_bytes 536870912\n"));
+        assert!(text.contains("usaged_cache_usages 0\n"));
         assert_eq!(m.totals().errors(), 1);
         let b = m.totals().buckets();
         assert_eq!(Totals::quantile(&b, 0.5), Some(50e-6));

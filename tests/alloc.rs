@@ -16,12 +16,12 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use usaged::app::App;
 use usaged::http::date::DateCache;
 use usaged::server::conn::{Conn, Ctx, DEFAULT_BUF, Limits, Next, Timeouts};
-use usaged::store::Store;
+use usaged::store::arena::Geometry;
+use usaged::store::{EpochLayout, Store};
 
 static WORKER_METRICS: std::sync::LazyLock<usaged::metrics::WorkerMetrics> =
     std::sync::LazyLock::new(Default::default);
@@ -35,17 +35,18 @@ const TIMEOUTS: Timeouts = Timeouts {
 
 struct Counting;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
+    /// Allocations this thread made while counting (per thread: tests run in parallel).
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
 }
 
 // SAFETY: every method forwards to `System` with the caller's arguments unchanged; counting
-// touches only an atomic and a const-initialised thread-local (which never allocates).
+// touches only const-initialised thread-locals (which never allocate).
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if COUNTING.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            ALLOCATIONS.with(|n| n.set(n.get() + 1));
         }
         // SAFETY: forwarded from our caller, who upholds `GlobalAlloc::alloc`'s contract.
         unsafe { System.alloc(layout) }
@@ -56,7 +57,7 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if COUNTING.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            ALLOCATIONS.with(|n| n.set(n.get() + 1));
         }
         // SAFETY: forwarded from our caller, who upholds `GlobalAlloc::realloc`'s contract.
         unsafe { System.realloc(ptr, layout, new_size) }
@@ -96,11 +97,10 @@ impl Write for Loopback {
 
 const POST: &str = "POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 98\r\n\r\n{\"patientId\":\"100\",\"timestamp\":\"Tue Nov 01 2016 09:11:51 GMT-0500 (CDT)\",\"medication\":\"Albuterol\"}";
 
-#[test]
-fn steady_state_requests_allocate_nothing() {
-    let store = Arc::new(Store::new(1));
+/// Runs `warm` batches, then `counted` batches while counting: the allocations counted.
+fn allocations_after_warm_up(store: &Arc<Store>, warm: usize, counted: usize) -> usize {
     let mut app = App::new(
-        Arc::clone(&store),
+        Arc::clone(store),
         store.writer(0),
         Arc::new(usaged::metrics::Metrics::new(1)),
         Arc::new(Default::default()),
@@ -149,23 +149,52 @@ fn steady_state_requests_allocate_nothing() {
             assert_eq!(conn.run_once(sock, &mut ctx, true), Next::Keep);
         }
     };
-    run(&mut sock, 100);
+    run(&mut sock, warm);
     let before = sock.written;
+    let start = ALLOCATIONS.with(Cell::get);
     COUNTING.with(|c| c.set(true));
-    run(&mut sock, 1000);
+    run(&mut sock, counted);
     COUNTING.with(|c| c.set(false));
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
-    let requests = 1000 * 32;
+    let allocations = ALLOCATIONS.with(Cell::get) - start;
     println!(
-        "{allocations} allocations for {requests} requests ({} bytes answered)",
+        "{allocations} allocations for {} requests ({} bytes answered)",
+        counted * 32,
         sock.written - before
     );
-    // 17,600 usages stay inside the first arena chunk (65,536 records), so no growth either.
+    allocations
+}
+
+#[test]
+fn steady_state_requests_allocate_nothing() {
+    let store = Arc::new(Store::new(1));
+    let allocations = allocations_after_warm_up(&store, 100, 900);
+    // 16,000 usages stay inside the first chunk of the ring (16,384 records), so no frame is
+    // allocated either.
+    assert_eq!(store.len(), 1000 * 16);
+    assert_eq!(store.cache_usages(), 1000 * 16);
+    assert_eq!(allocations, 0, "allocations after warm-up");
+}
+
+/// A tiny ring (4 chunks of 64 records) wraps during the warm-up and some 200 times more while
+/// counted: entering a chunk, evicting one and reusing its string blocks allocate nothing; the
+/// gets of evicted ids answer `410`.
+#[test]
+fn a_wrapping_ring_allocates_nothing() {
+    let geometry = Geometry {
+        chunk_bits: 6,
+        frames: 4,
+        blocks: 8,
+        block_bits: 6,
+    };
+    let layout = EpochLayout {
+        base: 0,
+        starts: vec![0],
+        ends: None,
+    };
+    let store = Arc::new(Store::with_geometry(&[layout], geometry, false));
+    let allocations = allocations_after_warm_up(&store, 100, 1000);
     assert_eq!(store.len(), 1100 * 16);
-    assert_eq!(
-        allocations,
-        0,
-        "allocations per request after warm-up: {}",
-        allocations as f64 / requests as f64
-    );
+    assert!(store.cache_usages() <= geometry.records());
+    assert!(store.cache_bytes() <= geometry.bytes());
+    assert_eq!(allocations, 0, "allocations after warm-up");
 }

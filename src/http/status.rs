@@ -9,7 +9,8 @@ pub enum Reject {
     /// A body whose length was known but whose content is not a valid usage: 400, kept.
     BadBody(&'static str),
     NotFound,
-    /// A usage removed by retention: 410, kept.
+    /// The usage was stored but is gone: removed by retention, or evicted from a store without
+    /// a journal: 410 `expired`, kept.
     Gone,
     /// Known path, other method; the value is the `Allow` list.
     MethodNotAllowed(&'static str),

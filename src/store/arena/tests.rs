@@ -3,6 +3,8 @@ use proptest::prelude::*;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+mod ring;
+
 /// The usage stored at `slot` in the stress tests: content is a pure function of the slot.
 fn usage_for(slot: u64, patient: &mut String, med: &mut String) -> (Timestamp, u64) {
     patient.clear();
@@ -31,6 +33,15 @@ fn check(got: StoredUsage, slot: u64) {
     match got.patient {
         StoredPatient::Num(n) => assert!(p.is_empty() && n == num, "slot {slot}"),
         StoredPatient::Str(b, n) => assert_eq!(&b[..n], p.as_bytes(), "slot {slot}"),
+    }
+}
+
+/// One epoch of `stripes` empty stripes.
+fn layout(stripes: usize) -> EpochLayout {
+    EpochLayout {
+        base: 0,
+        starts: vec![0; stripes],
+        ends: None,
     }
 }
 
@@ -118,47 +129,48 @@ fn edge_strings() {
 }
 
 #[test]
-fn string_table_crosses_chunks_and_interns() {
-    let store = Arc::new(Store::new(1));
+fn strings_cross_blocks_and_are_interned_per_chunk() {
+    let g = Geometry {
+        chunk_bits: 10,
+        frames: 4,
+        blocks: 64,
+        block_bits: 6,
+    };
+    let store = Arc::new(Store::with_geometry(&[layout(1)], g, false));
     let mut w = store.writer(0);
-    // 20,000 distinct strings of the longest length fill `MAX_STRING_WORDS` words each
-    // (9 for 64 bytes): several string chunks.
+    // 50 distinct strings of the longest length take 9 words each: several 64-word blocks.
     let name = |i: u64| format!("{i:0MAX_STR$}");
-    let ids: Vec<u64> = (0..20_000)
-        .map(|i| {
-            let m = name(i);
-            let u = Usage {
-                patient: Patient::Num(i),
-                timestamp: Timestamp {
-                    ms: 0,
-                    offset_min: 0,
-                },
-                medication: m.as_bytes(),
-            };
-            w.append(&u).unwrap()
-        })
-        .collect();
-    let words_after_first_pass = w.string_words;
-    for (i, id) in ids.iter().enumerate() {
-        assert_eq!(
-            store.get(*id).unwrap().medication(),
-            name(i as u64).as_bytes()
-        );
-    }
-    // The same strings again are interned: the table does not grow.
-    for i in 0..20_000 {
-        let m = name(i);
-        w.append(&Usage {
+    fn usage(m: &str, i: u64) -> Usage<'_> {
+        Usage {
             patient: Patient::Num(i),
             timestamp: Timestamp {
                 ms: 0,
                 offset_min: 0,
             },
             medication: m.as_bytes(),
-        })
-        .unwrap();
+        }
     }
-    assert_eq!(w.string_words, words_after_first_pass);
+    let ids: Vec<u64> = (0..50)
+        .map(|i| w.append(&usage(&name(i), i)).unwrap())
+        .collect();
+    let bytes = store.cache_bytes();
+    assert!(bytes >= 1024 * 24 + 8 * 64 * 8, "{bytes}");
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            store.get(*id).unwrap().medication(),
+            name(i as u64).as_bytes()
+        );
+    }
+    // The same strings again, in the same chunk, are interned: no block is taken.
+    for i in 0..50 {
+        w.append(&usage(&name(i), i)).unwrap();
+    }
+    assert_eq!(store.cache_bytes(), bytes);
+    // In the next chunk they are stored again, in blocks of their own.
+    for i in 0..1024 {
+        w.append(&usage(&name(i % 50), i)).unwrap();
+    }
+    assert!(store.cache_bytes() > bytes);
 }
 
 /// Readers on other threads race the writer across chunk boundaries; every slot they can see
@@ -166,7 +178,7 @@ fn string_table_crosses_chunks_and_interns() {
 /// chunk not yet visible, fails here.
 #[test]
 fn concurrent_readers_see_only_complete_records() {
-    const N: u64 = 3 * RECORDS_PER_CHUNK + 1000;
+    const N: u64 = (3 << Geometry::CHUNK_BITS) + 1000;
     let store = Arc::new(Store::new(2));
     let done = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..2)
