@@ -15,13 +15,20 @@ use usaged::config::{self, Command, Config, ExportFormat};
 use usaged::metrics::{Metrics, Totals};
 use usaged::server::{self, Running, signals};
 use usaged::store::Store;
+use usaged::store::arena::MIN_CACHE_PER_WORKER;
 use usaged::store::export;
 use usaged::store::open::{self, Opened};
 
 fn main() -> ExitCode {
     let env_port = std::env::var("PORT").ok();
     match config::parse(std::env::args().skip(1), env_port.as_deref()) {
-        Ok(Command::Serve(config)) => done(serve(&config)),
+        Ok(Command::Serve(config)) => match check_cache(&config) {
+            Ok(()) => done(serve(&config)),
+            Err(e) => {
+                eprintln!("usaged: {e}");
+                ExitCode::from(2)
+            }
+        },
         Ok(Command::Export { data_dir, format }) => run_export(&data_dir, format),
         Ok(Command::Help(text)) => {
             print!("{text}");
@@ -33,6 +40,21 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `--cache` must give each worker at least [`MIN_CACHE_PER_WORKER`] (a usage error: exit 2,
+/// before anything is bound or opened).
+fn check_cache(config: &Config) -> Result<(), String> {
+    let workers = server::worker_count(config) as u64;
+    let least = MIN_CACHE_PER_WORKER * workers;
+    if config.cache_bytes < least {
+        return Err(format!(
+            "--cache {} is too small for {workers} workers (at least {})",
+            config::units::format_size(config.cache_bytes),
+            config::units::format_size(least)
+        ));
+    }
+    Ok(())
 }
 
 /// Exit 0, or name what failed and exit 1.

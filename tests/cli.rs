@@ -81,6 +81,16 @@ fn a_bad_flag_exits_2_before_the_data_directory_is_made() {
             "later",
         ],
         &["--data-dir", &dir_arg, "--port", "0", "--nope"],
+        &[
+            "--data-dir",
+            &dir_arg,
+            "--port",
+            "0",
+            "--threads",
+            "4",
+            "--cache",
+            "8MiB",
+        ],
     ] {
         let out = run(bad);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -30,6 +30,10 @@ use ring::{EMPTY, Found, Frame, INLINE_MAX, Meta, Record, Stripe, Tag, WORDS_PER
 /// `--cache` when none is given: 512 MiB.
 pub const DEFAULT_CACHE: u64 = 512 << 20;
 
+/// The smallest `--cache` share of one worker: below it the ring's fixed minimum (8 frames,
+/// 8 blocks) would not fit the budget.
+pub const MIN_CACHE_PER_WORKER: u64 = 4 << 20;
+
 /// This stripe cannot take another usage: its cache cannot recycle a chunk (not sealed yet),
 /// its journal failed, or ids ran out (`503`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
