@@ -58,6 +58,7 @@ fn serve(config: &Config) -> Result<(), String> {
         store,
         writers,
         journals,
+        segments: _segments,
         lock: _lock,
     } = open_store(config)?;
     let stats_store = Arc::clone(&store);

@@ -16,6 +16,14 @@
 //! the worker refuses new usages (`503`) and `/health` says why. The current segment deleted or
 //! replaced under us is noticed before each batch and its records are rewritten into a new
 //! segment. One log line per change of state.
+//!
+//! Sealing: a segment seals when it is full, or at the first batch after the stripe's writer
+//! asked for it ([`StripeLink::want_seal`]) if it holds a usage, and at a clean stop. Sealed =
+//! synced, in the segment table ([`Segments`], its index entries in RAM), `sealed_end` moved
+//! past it (the writer may now recycle those slots: a reader finds them on disk); then the
+//! next segment is opened and the index written (`index::write`). An index that cannot be
+//! written is only logged: its entries stay in RAM and the write is tried again at the next
+//! seal or at the stop (recovery rebuilds any index that is missing).
 
 use std::io;
 use std::path::PathBuf;
@@ -25,6 +33,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::journal::{Header, SyncMode};
+use super::link::StripeLink;
+use super::segments::Segments;
 
 mod segment;
 use segment::Segment;
@@ -130,6 +140,13 @@ pub struct Setup {
     pub last_id: u64,
     /// Printed in log lines (`worker N`).
     pub worker: usize,
+    /// The stripe slot of the first usage record the new segment will hold (the stripe's
+    /// next slot).
+    pub first_slot: u64,
+    /// What the stripe's writer and this thread share about sealing.
+    pub link: Arc<StripeLink>,
+    /// The segment table each sealed segment goes into.
+    pub segments: Arc<Segments>,
 }
 
 struct Batch {
@@ -429,3 +446,6 @@ impl Drop for Idle<'_> {
         self.0.store(0, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use super::committer;
 use super::journal::{self, Header, SyncMode};
+use super::link::StripeLink;
 use super::recover::{self, Options, Recovered};
+use super::segments::Segments;
 use super::{Store, StripeWriter};
 
 /// A store ready to serve: one writer per worker, and where each worker's journal continues.
@@ -16,6 +18,8 @@ pub struct Opened {
     pub writers: Vec<StripeWriter>,
     /// One per worker (`None`: in memory, no journal).
     pub journals: Option<Vec<committer::Setup>>,
+    /// Every sealed segment (`None`: in memory).
+    pub segments: Option<Arc<Segments>>,
     /// The data directory's `LOCK` file, locked while this lives: keep it until the journal
     /// threads have stopped (`None`: in memory).
     pub lock: Option<File>,
@@ -42,6 +46,7 @@ pub fn in_memory(stripes: u32) -> Opened {
         store,
         writers,
         journals: None,
+        segments: None,
         lock: None,
     }
 }
@@ -61,11 +66,14 @@ pub fn journaled(stripes: u32, j: &Journal) -> Result<Opened, String> {
     };
     let r = recover::recover(dir, opt)?;
     report(dir, &r);
-    let journals = setups(stripes, j, &r);
+    // Segments sealed by this run (recovery does not fill it yet).
+    let segments = Arc::new(Segments::new(dir.to_path_buf()));
+    let journals = setups(stripes, j, &r, &segments);
     Ok(Opened {
         store: r.store,
         writers: r.writers,
         journals: Some(journals),
+        segments: Some(segments),
         lock: Some(lock),
     })
 }
@@ -99,7 +107,13 @@ fn report(dir: &Path, r: &Recovered) {
 }
 
 /// Where each worker's journal thread goes on, after recovery.
-fn setups(stripes: u32, j: &Journal, r: &Recovered) -> Vec<committer::Setup> {
+fn setups(
+    stripes: u32,
+    j: &Journal,
+    r: &Recovered,
+    segments: &Arc<Segments>,
+) -> Vec<committer::Setup> {
+    let current = r.store.epochs().len() - 1;
     r.journals
         .iter()
         .enumerate()
@@ -116,6 +130,10 @@ fn setups(stripes: u32, j: &Journal, r: &Recovered) -> Vec<committer::Setup> {
             lease: c.lease,
             last_id: c.last_id,
             worker: s,
+            first_slot: r.store.stripe_slots(current, s as u32).end,
+            // TODO(ring): `r.store.link(epoch, s)`, the link the stripe's writer holds.
+            link: Arc::new(StripeLink::new(0, 0)),
+            segments: Arc::clone(segments),
         })
         .collect()
 }

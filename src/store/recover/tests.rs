@@ -70,6 +70,12 @@ pub fn run(dir: &Path, stripes: u32, n: u64) -> Vec<u64> {
                 lease: c.lease,
                 last_id: c.last_id,
                 worker: s,
+                first_slot: r
+                    .store
+                    .stripe_slots(r.store.epochs().len() - 1, s as u32)
+                    .end,
+                link: Arc::new(crate::store::link::StripeLink::new(0, 0)),
+                segments: Arc::new(crate::store::segments::Segments::new(dir.to_path_buf())),
             };
             Committer::start(setup, Arc::new(Status::default()), Box::new(|| {})).unwrap()
         })
