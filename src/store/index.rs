@@ -21,7 +21,8 @@
 //! finds proves itself (its own CRC, and the id asked for).
 //!
 //! Written by the journal thread when it seals a segment (`committer/segment.rs`, entries
-//! built as the records are written). Recovery does not read indexes yet.
+//! built as the records are written), and by recovery for a segment it had to scan; start-up
+//! reads only headers ([`read_meta`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

@@ -66,14 +66,12 @@ pub fn journaled(stripes: u32, j: &Journal) -> Result<Opened, String> {
     };
     let r = recover::recover(dir, opt)?;
     report(dir, &r);
-    // Segments sealed by this run (recovery does not fill it yet).
-    let segments = Arc::new(Segments::new(dir.to_path_buf()));
-    let journals = setups(stripes, j, &r, &segments);
+    let journals = setups(stripes, j, &r);
     Ok(Opened {
         store: r.store,
         writers: r.writers,
         journals: Some(journals),
-        segments: Some(segments),
+        segments: Some(r.segments),
         lock: Some(lock),
     })
 }
@@ -96,24 +94,18 @@ fn report(dir: &Path, r: &Recovered) {
     for w in &r.warnings {
         eprintln!("usaged: warning: {w}");
     }
-    let secs = r.elapsed.as_secs_f64();
     eprintln!(
-        "usaged: recovered {} usages from {} in {:.3} s ({:.1}M records/s)",
+        "usaged: recovered {} usages from {} in {:.3} s; {} segments opened by index, {} bytes scanned",
         r.records,
         dir.display(),
-        secs,
-        r.records as f64 / secs.max(1e-9) / 1e6
+        r.elapsed.as_secs_f64(),
+        r.by_index,
+        r.scanned_bytes
     );
 }
 
 /// Where each worker's journal thread goes on, after recovery.
-fn setups(
-    stripes: u32,
-    j: &Journal,
-    r: &Recovered,
-    segments: &Arc<Segments>,
-) -> Vec<committer::Setup> {
-    let current = r.store.epochs().len() - 1;
+fn setups(stripes: u32, j: &Journal, r: &Recovered) -> Vec<committer::Setup> {
     r.journals
         .iter()
         .enumerate()
@@ -130,10 +122,12 @@ fn setups(
             lease: c.lease,
             last_id: c.last_id,
             worker: s,
-            first_slot: r.store.stripe_slots(current, s as u32).end,
-            // TODO(ring): `r.store.link(epoch, s)`, the link the stripe's writer holds.
-            link: Arc::new(StripeLink::new(0, 0)),
-            segments: Arc::clone(segments),
+            first_slot: c.next_slot,
+            // TODO(ring): `r.store.link(epoch, s)`, the link the stripe's writer holds (its
+            // `sealed_end` is the stripe's start, `next_slot`): until the ring lands, nobody
+            // else reads this one.
+            link: Arc::new(StripeLink::new(c.next_slot, 0)),
+            segments: Arc::clone(&r.segments),
         })
         .collect()
 }
