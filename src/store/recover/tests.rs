@@ -8,6 +8,8 @@ use crate::time::Timestamp;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+mod indexed;
+
 /// A fresh, empty directory under the system temp dir (also for the `open` and `export`
 /// tests).
 pub fn temp_dir(name: &str) -> PathBuf {
