@@ -138,7 +138,10 @@ fn scan(
     }
     let mut b = index::Builder::new();
     // Whole records, each checked just now: walked by their lengths alone.
-    b.note_batch(&bytes[HEADER_LEN..good_end], HEADER_LEN as u64);
+    b.note_batch(
+        bytes.get(HEADER_LEN..good_end).unwrap_or(&[]),
+        HEADER_LEN as u64,
+    );
     let first_slot = first_slot.or(walk.start).unwrap_or(0);
     let sealed_ms = fs::metadata(&seg.path).map_or(0, |m| (m.mtime() as u64).saturating_mul(1000));
     let (base, stripes, stripe) = key;
