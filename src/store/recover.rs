@@ -15,7 +15,8 @@
 //!    is corruption; a missing beginning is reported). A torn tail (see [`journal::scan`]) is
 //!    cut back with a warning; corruption stops the start with an error naming file and
 //!    offset, unless `repair`: then everything before it is kept and the rest of the stripe is
-//!    moved aside as `*.corrupt-OFFSET`. Each scanned segment is synced and indexed.
+//!    moved aside as `*.corrupt-OFFSET`. Each scanned segment is synced and indexed. A stripe
+//!    with segments to read is checked on a thread of its own.
 //! 3. `plan`: the epochs, ordered by the ids they hold (empty ones are dropped). The last
 //!    epoch continues only when this run has its stripe count and none of its stripes may have
 //!    handed out ids past its last record (a lease ahead of it, or a repair that moved records
@@ -130,9 +131,10 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
     let mut corrupt = false;
     let (by_stripe, aside) = list(dir, opt, &mut warnings)?;
     let mut scans: BTreeMap<StripeKey, StripeScan> = BTreeMap::new();
-    for (key, segs) in by_stripe {
-        let scan = check_stripe(key, segs, opt, &mut warnings, &mut corrupt)?;
-        scans.insert(key, scan);
+    for (key, (scan, w, c)) in check_stripes(by_stripe, opt) {
+        warnings.extend(w);
+        corrupt |= c;
+        scans.insert(key, scan?);
     }
     // Bytes moved aside by an earlier repair still count: ids in them are never given again
     // (the repair's new epoch, once its segments exist, records that floor too). They are
@@ -155,6 +157,50 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
         corrupt,
     };
     build(plan, scans, opt.stripes, found)
+}
+
+/// What `check_stripe` found of one stripe, its warnings, and whether it found corruption.
+type Checked = (Result<StripeScan, String>, Vec<String>, bool);
+
+/// A stripe's check: done here, or running on its own thread.
+enum Pending<'scope> {
+    Done(Checked),
+    Running(std::thread::ScopedJoinHandle<'scope, Checked>),
+}
+
+/// Phase 2 for every stripe, in stripe order: a stripe with a segment to read (one without a
+/// valid index) on a thread of its own, the others (index headers only) on this one.
+fn check_stripes(
+    by_stripe: BTreeMap<StripeKey, Vec<Segment>>,
+    opt: Options,
+) -> Vec<(StripeKey, Checked)> {
+    let check = move |key, segs| {
+        let (mut warnings, mut corrupt) = (Vec::new(), false);
+        let scan = check_stripe(key, segs, opt, &mut warnings, &mut corrupt);
+        (scan, warnings, corrupt)
+    };
+    std::thread::scope(|threads| {
+        let started: Vec<_> = by_stripe
+            .into_iter()
+            .map(|(key, segs)| {
+                if segs.iter().any(|s| s.index.is_none()) {
+                    (
+                        key,
+                        Pending::Running(threads.spawn(move || check(key, segs))),
+                    )
+                } else {
+                    (key, Pending::Done(check(key, segs)))
+                }
+            })
+            .collect();
+        started
+            .into_iter()
+            .map(|(key, c)| match c {
+                Pending::Done(checked) => (key, checked),
+                Pending::Running(t) => (key, t.join().expect("a stripe's check panicked")),
+            })
+            .collect()
+    })
 }
 
 /// What recovery carries into `build` besides the plan.
