@@ -80,10 +80,11 @@ fn serve(config: &Config) -> Result<(), String> {
         store,
         writers,
         journals,
+        segments,
         lock: _lock,
     } = open_store(config)?;
     let stats_store = Arc::clone(&store);
-    let running = server::start(config, store, writers, journals, None)?;
+    let running = server::start(config, store, writers, journals, segments)?;
     print_started(config, &running, &nofile);
     if let Some(every) = config.stats {
         let metrics = Arc::clone(&running.metrics);
@@ -121,13 +122,16 @@ fn raise_open_files() -> String {
 fn open_store(config: &Config) -> Result<Opened, String> {
     let stripes = server::worker_count(config) as u32;
     if config.in_memory {
-        return Ok(open::in_memory(stripes));
+        return Ok(open::in_memory(stripes, config.cache_bytes));
     }
     let journal = open::Journal {
         dir: &config.data_dir,
         repair: config.repair,
         sync: config.sync,
         segment_bytes: config.segment_bytes,
+        cache_bytes: config.cache_bytes,
+        retain: config.retain,
+        retain_bytes: config.retain_bytes,
     };
     open::journaled(stripes, &journal)
 }
@@ -211,10 +215,13 @@ fn run_export(dir: &Path, format: ExportFormat) -> ExitCode {
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    // TODO(issue 11): stream from the segment table once recovery returns it (helper "seal"):
-    // `export::write(&r.segments, &r.store.epochs(), format, &mut out)`.
-    let written = export::write_store(&r.store, format, &mut out).and_then(|_| out.flush());
-    if written.is_err() {
+    let written =
+        export::write(&r.segments, &r.store.epochs(), format, &mut out).and_then(|_| out.flush());
+    if let Err(e) = written {
+        // A closed pipe (`| head`) is not worth a line; anything else is.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("usaged export: {e}");
+        }
         return ExitCode::FAILURE;
     }
     if r.corrupt {

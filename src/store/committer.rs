@@ -16,6 +16,14 @@
 //! the worker refuses new usages (`503`) and `/health` says why. The current segment deleted or
 //! replaced under us is noticed before each batch and its records are rewritten into a new
 //! segment. One log line per change of state.
+//!
+//! Sealing: a segment seals when it is full, or at the first batch after the stripe's writer
+//! asked for it ([`StripeLink::want_seal`]) if it holds a usage, and at a clean stop. Sealed =
+//! synced, in the segment table ([`Segments`], its index entries in RAM), `sealed_end` moved
+//! past it (the writer may now recycle those slots: a reader finds them on disk); then the
+//! next segment is opened and the index written (`index::write`). An index that cannot be
+//! written is only logged: its entries stay in RAM and the write is tried again at the next
+//! seal or at the stop (recovery rebuilds any index that is missing).
 
 use std::io;
 use std::path::PathBuf;
@@ -25,6 +33,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::journal::{Header, SyncMode};
+use super::link::StripeLink;
+use super::segments::Segments;
 
 mod segment;
 use segment::Segment;
@@ -125,11 +135,21 @@ pub struct Setup {
     pub seq: u32,
     pub sync: SyncMode,
     pub segment_bytes: u64,
+    /// Seal a segment holding usages this long after it was opened (`--retain`), so its
+    /// usages can expire on time.
+    pub seal_after: Option<Duration>,
     /// The durable lease and the last id of the stripe so far.
     pub lease: u64,
     pub last_id: u64,
     /// Printed in log lines (`worker N`).
     pub worker: usize,
+    /// The stripe slot of the first usage record the new segment will hold (the stripe's
+    /// next slot).
+    pub first_slot: u64,
+    /// What the stripe's writer and this thread share about sealing.
+    pub link: Arc<StripeLink>,
+    /// The segment table each sealed segment goes into.
+    pub segments: Arc<Segments>,
 }
 
 struct Batch {
@@ -328,7 +348,7 @@ fn run(shared: &Shared, mut seg: Segment) {
             if h.stop {
                 break None;
             }
-            match seg.sync_due_in(Instant::now()) {
+            match seg.due_in(Instant::now()) {
                 Some(d) if d.is_zero() => break None,
                 Some(d) => {
                     h = shared
@@ -359,7 +379,7 @@ fn run(shared: &Shared, mut seg: Segment) {
                 return;
             }
             None => {
-                persist(shared, &mut seg, Segment::sync);
+                persist(shared, &mut seg, Segment::idle);
             }
         }
         seg.publish(status);
@@ -429,3 +449,6 @@ impl Drop for Idle<'_> {
         self.0.store(0, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests;

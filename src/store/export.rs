@@ -14,13 +14,13 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
 
+use super::StoredUsage;
 use super::cold::Records;
 use super::ids;
 use super::index::Meta;
 use super::journal::{Header, Record};
 use super::recover::{self, Options, Recovered};
 use super::segments::Segments;
-use super::{Store, StoredUsage};
 use crate::app::usages;
 /// What each usage is printed as (`usaged export --format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +38,7 @@ pub fn read(dir: &Path) -> Result<Recovered, String> {
         stripes: 1,
         repair: false,
         read_only: true,
+        cache_bytes: crate::store::arena::DEFAULT_CACHE,
     };
     recover::recover(dir, opt)
 }
@@ -217,46 +218,6 @@ impl<'a, W: Write> Lines<'a, W> {
 
     fn finish(self) -> io::Result<()> {
         self.out.write_all(&self.buf)
-    }
-}
-
-/// Every usage of `store` (what is in its RAM) in id order to `out` in `format`.
-///
-/// TODO(issue 11): `usaged export` uses this until `recover::Recovered` carries the segment
-/// table (helper "seal"); then `main.rs:run_export` calls [`write()`] with `&r.segments` and
-/// `&r.store.epochs()`, and this goes.
-pub fn write_store(store: &Store, format: ExportFormat, out: &mut impl Write) -> io::Result<()> {
-    let mut lines = Lines::new(format, out);
-    let mut result = Ok(());
-    in_id_order(store, |id, u| {
-        result = lines.push(id, u);
-        result.is_ok()
-    });
-    result?;
-    lines.finish()
-}
-
-/// Call `f` with each stored usage in id order until it returns `false`. Ids interleave the
-/// stripes of an epoch (slot by slot), and epochs follow one another.
-fn in_id_order(store: &Store, mut f: impl FnMut(u64, &super::StoredUsage) -> bool) {
-    for (e, (base, stripes)) in store.epochs().into_iter().enumerate() {
-        let ranges: Vec<_> = (0..stripes).map(|s| store.stripe_slots(e, s)).collect();
-        let first = ranges.iter().map(|r| r.start).min().unwrap_or(0);
-        let end = ranges.iter().map(|r| r.end).max().unwrap_or(0);
-        for slot in first..end {
-            for s in 0..stripes {
-                if !ranges[s as usize].contains(&slot) {
-                    continue;
-                }
-                let id = base + ids::id_of(s, slot, stripes);
-                let Some(u) = store.get(id) else {
-                    continue;
-                };
-                if !f(id, &u) {
-                    return;
-                }
-            }
-        }
     }
 }
 

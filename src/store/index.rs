@@ -20,8 +20,9 @@
 //! bytes). [`load`] also checks the entries' checksum. A lookup needs neither: the record it
 //! finds proves itself (its own CRC, and the id asked for).
 //!
-//! Nothing outside tests reads or writes indexes yet: the journal thread's seal (and
-//! recovery's rebuild) wire it in.
+//! Written by the journal thread when it seals a segment (`committer/segment.rs`, entries
+//! built as the records are written), and by recovery for a segment it had to scan; start-up
+//! reads only headers ([`read_meta`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -424,6 +425,24 @@ impl Builder {
         }
         self.records += 1;
         self.last_id = id;
+    }
+
+    /// The builder of these records once moved behind `prefix` (the builder of what a new
+    /// segment holds before them: whole lease records only), as a relinked segment is made.
+    pub fn behind(mut self, prefix: Builder) -> Builder {
+        debug_assert!(
+            prefix.records == 0 && prefix.head_len == 0 && prefix.skip == 0,
+            "a prefix of whole lease records"
+        );
+        let by = prefix.end - journal::HEADER_LEN as u64;
+        for e in &mut self.entries {
+            *e += by;
+        }
+        self.end += by;
+        if self.lease == 0 {
+            self.lease = prefix.lease; // the last lease record is still the last one
+        }
+        self
     }
 
     /// Usage records noted.

@@ -1,10 +1,11 @@
 //! Where usages live: striped ids ([`ids`]) and one arena per worker ([`arena`]), a ring of
 //! chunks bounded by `--cache`. The arena is the one place another thread reads; it does so
 //! without locks and without `unsafe`, through atomics whose protocol is written beside them.
-//! Each stripe's journal is written by its own thread ([`committer`], format in [`journal`];
-//! [`index`] is the format of a sealed segment's side index, which nothing writes yet: issue 11);
-//! at start [`open`] sets the store up, rebuilding it from the journal ([`recover`]), and
-//! [`export`] prints it.
+//! Each stripe's journal is written by its own thread ([`committer`], format in [`journal`]),
+//! which seals full segments into the [`segments`] table and gives each a side index
+//! ([`index`]); usages no longer in RAM are read back from there ([`cold`]), and [`retention`]
+//! removes old segments. At start [`open`] sets the store up from the journal ([`recover`]:
+//! sealed segments by their index alone), and [`export`] prints it.
 #![forbid(unsafe_code)]
 
 pub mod arena;

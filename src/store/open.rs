@@ -5,9 +5,11 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::arena::EpochLayout;
 use super::committer;
 use super::journal::{self, Header, SyncMode};
 use super::recover::{self, Options, Recovered};
+use super::segments::Segments;
 use super::{Store, StripeWriter};
 
 /// A store ready to serve: one writer per worker, and where each worker's journal continues.
@@ -16,6 +18,8 @@ pub struct Opened {
     pub writers: Vec<StripeWriter>,
     /// One per worker (`None`: in memory, no journal).
     pub journals: Option<Vec<committer::Setup>>,
+    /// Every sealed segment (`None`: in memory).
+    pub segments: Option<Arc<Segments>>,
     /// The data directory's `LOCK` file, locked while this lives: keep it until the journal
     /// threads have stopped (`None`: in memory).
     pub lock: Option<File>,
@@ -32,16 +36,29 @@ pub struct Journal<'a> {
     pub sync: SyncMode,
     /// `--segment-size`.
     pub segment_bytes: u64,
+    /// `--cache`.
+    pub cache_bytes: u64,
+    /// `--retain`, `--retain-bytes`: segments seal early enough for each to be a small part
+    /// of what is kept (see [`setups`]).
+    pub retain: Option<std::time::Duration>,
+    pub retain_bytes: Option<u64>,
 }
 
-/// An empty store of `stripes` stripes, without a journal (`--in-memory`).
-pub fn in_memory(stripes: u32) -> Opened {
-    let store = Arc::new(Store::new(stripes));
+/// An empty store of `stripes` stripes holding `cache_bytes` of usages, without a journal
+/// (`--in-memory`: the oldest usages leave RAM, and answer `410`, as new ones come).
+pub fn in_memory(stripes: u32, cache_bytes: u64) -> Opened {
+    let layout = EpochLayout {
+        base: 0,
+        starts: vec![0; stripes as usize],
+        ends: None,
+    };
+    let store = Arc::new(Store::with_cache(&[layout], cache_bytes, false));
     let writers = (0..stripes).map(|s| store.writer(s)).collect();
     Opened {
         store,
         writers,
         journals: None,
+        segments: None,
         lock: None,
     }
 }
@@ -58,6 +75,7 @@ pub fn journaled(stripes: u32, j: &Journal) -> Result<Opened, String> {
         stripes,
         repair: j.repair,
         read_only: false,
+        cache_bytes: j.cache_bytes,
     };
     let r = recover::recover(dir, opt)?;
     report(dir, &r);
@@ -66,6 +84,7 @@ pub fn journaled(stripes: u32, j: &Journal) -> Result<Opened, String> {
         store: r.store,
         writers: r.writers,
         journals: Some(journals),
+        segments: Some(r.segments),
         lock: Some(lock),
     })
 }
@@ -88,18 +107,32 @@ fn report(dir: &Path, r: &Recovered) {
     for w in &r.warnings {
         eprintln!("usaged: warning: {w}");
     }
-    let secs = r.elapsed.as_secs_f64();
     eprintln!(
-        "usaged: recovered {} usages from {} in {:.3} s ({:.1}M records/s)",
+        "usaged: recovered {} usages from {} in {:.3} s; {} segments opened by index, {} bytes scanned",
         r.records,
         dir.display(),
-        secs,
-        r.records as f64 / secs.max(1e-9) / 1e6
+        r.elapsed.as_secs_f64(),
+        r.by_index,
+        r.scanned_bytes
     );
+}
+
+/// With retention, a stripe keeps at least this many segments' worth: each segment is at most
+/// a tenth of what is kept (by age or by size), so removing one whole is a small step.
+const SEGMENTS_KEPT: u32 = 10;
+
+/// `--segment-size`, or less under `--retain-bytes`: a tenth of each stripe's share of it
+/// (never under 4 KiB).
+fn segment_bytes(j: &Journal, stripes: u32) -> u64 {
+    let by_retention = j.retain_bytes.map_or(u64::MAX, |b| {
+        b / u64::from(SEGMENTS_KEPT) / u64::from(stripes)
+    });
+    j.segment_bytes.min(by_retention.max(4096))
 }
 
 /// Where each worker's journal thread goes on, after recovery.
 fn setups(stripes: u32, j: &Journal, r: &Recovered) -> Vec<committer::Setup> {
+    let current = r.store.epochs().len() - 1;
     r.journals
         .iter()
         .enumerate()
@@ -112,10 +145,14 @@ fn setups(stripes: u32, j: &Journal, r: &Recovered) -> Vec<committer::Setup> {
             },
             seq: c.seq,
             sync: j.sync,
-            segment_bytes: j.segment_bytes,
+            segment_bytes: segment_bytes(j, stripes),
+            seal_after: j.retain.map(|r| r / SEGMENTS_KEPT),
             lease: c.lease,
             last_id: c.last_id,
             worker: s,
+            first_slot: c.next_slot,
+            link: r.store.link(current, s as u32),
+            segments: Arc::clone(&r.segments),
         })
         .collect()
 }
@@ -127,7 +164,7 @@ mod tests {
 
     #[test]
     fn in_memory_has_a_writer_per_stripe_and_no_journal() {
-        let o = in_memory(3);
+        let o = in_memory(3, crate::store::arena::DEFAULT_CACHE);
         assert_eq!(o.writers.len(), 3);
         assert!(o.journals.is_none() && o.lock.is_none());
         assert_eq!(o.store.len(), 0);
@@ -141,6 +178,9 @@ mod tests {
             repair: false,
             sync: SyncMode::Never,
             segment_bytes: 1 << 20,
+            cache_bytes: crate::store::arena::DEFAULT_CACHE,
+            retain: None,
+            retain_bytes: None,
         };
         let o = journaled(2, &j).expect("an empty directory opens");
         assert!(dir.join("LOCK").exists());

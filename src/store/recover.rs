@@ -1,20 +1,30 @@
-//! Recovery: read every journal segment, check every record, and rebuild the store, so every
-//! acknowledged usage is readable again and no id is handed out twice. In named phases:
+//! Recovery: find every journal segment and what it holds, so every acknowledged usage is
+//! readable again (from its segment, through the segment table) and no id is handed out
+//! twice. A sealed segment with a valid index (`.idx`, see [`super::index`]) is known by that
+//! index's header alone: none of its records is read at start. Only segments without one (the
+//! tail a crash left, one written by an earlier version, one whose index is missing or bad)
+//! are read and checked, then indexed. In named phases:
 //!
-//! 1. `list`: find the segments. A `*.tmp` file (a segment whose creation a crash cut short)
-//!    and a file shorter than a header hold no records and are removed. A header that fails its
-//!    checks, or disagrees with its file name, is corruption.
-//! 2. `check_stripe`: walk each stripe's segments in order. Records must continue slot by
-//!    slot (a missing segment in the middle is corruption; a missing beginning is reported). A
-//!    torn tail (see [`journal::scan`]) is cut back with a warning; corruption stops the start
-//!    with an error naming file and offset, unless `repair`: then everything before it is kept
-//!    and the rest of the stripe is moved aside as `*.corrupt-OFFSET`.
+//! 1. `list`: find the segments by name, header (one read of 32 bytes) and length, and their
+//!    indexes (one read of 96 bytes each). A `*.tmp` file (a segment or index whose creation a
+//!    crash cut short), a file shorter than a header, an index without its segment and an
+//!    invalid index are removed. A header that fails its checks, or disagrees with its file
+//!    name, is corruption.
+//! 2. `check_stripe`: walk each stripe's segments in order. Slots must continue from segment
+//!    to segment and, in a scanned segment, record by record (a missing segment in the middle
+//!    is corruption; a missing beginning is reported). A torn tail (see [`journal::scan`]) is
+//!    cut back with a warning; corruption stops the start with an error naming file and
+//!    offset, unless `repair`: then everything before it is kept and the rest of the stripe is
+//!    moved aside as `*.corrupt-OFFSET`. Each scanned segment is synced and indexed. A stripe
+//!    with segments to read is checked on a thread of its own.
 //! 3. `plan`: the epochs, ordered by the ids they hold (empty ones are dropped). The last
 //!    epoch continues only when this run has its stripe count and none of its stripes may have
 //!    handed out ids past its last record (a lease ahead of it, or a repair that moved records
 //!    aside); otherwise a new epoch starts past every id and lease seen, and past every id the
 //!    moved-aside bytes could hold.
-//! 4. `build`: the store, refilled record by record through the stripes' writers.
+//! 4. `build`: the segment table (every kept segment, sealed) and an empty store: the current
+//!    epoch's stripes go on at their next slot; every usage stored before lies in a segment
+//!    (cold). Nothing is read back into memory.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -25,10 +35,13 @@ use std::time::{Duration, Instant};
 use super::committer::LEASE_SLOTS;
 use super::ids::{self, MAX_ID};
 use super::journal::{self, End, HEADER_LEN, Header, MAX_STRIPES, MIN_RECORD, Record};
+use super::segments::{self, Segments};
 use super::{EpochLayout, Store, StripeWriter};
 
 mod list;
+mod summary;
 use list::list;
+use summary::check_stripe;
 
 /// What recovery found and built.
 pub struct Recovered {
@@ -39,7 +52,15 @@ pub struct Recovered {
     pub journals: Vec<Continue>,
     /// The current epoch's base.
     pub base: u64,
+    /// Usages in the store: in every kept segment.
     pub records: u64,
+    /// Every kept segment, sealed, by stripe in slot order (its index entries in RAM only
+    /// where its `.idx` was not written: read-only, or a failed write).
+    pub segments: Arc<Segments>,
+    /// Segments known by their index alone (no record read).
+    pub by_index: u64,
+    /// Bytes of segments read and checked record by record (those without a valid index).
+    pub scanned_bytes: u64,
     pub elapsed: Duration,
     /// Torn tails cut, empty files removed, corruption moved aside: one line each.
     pub warnings: Vec<String>,
@@ -55,6 +76,8 @@ pub struct Continue {
     /// The stripe's durable lease and its last id.
     pub lease: u64,
     pub last_id: u64,
+    /// The stripe's next slot: the first usage this run stores there.
+    pub next_slot: u64,
 }
 
 /// Options for [`recover`].
@@ -66,23 +89,30 @@ pub struct Options {
     pub repair: bool,
     /// Change nothing on disk (export): torn tails and bad records are skipped, not cut.
     pub read_only: bool,
+    /// `--cache`: RAM for the current epoch's stripes.
+    pub cache_bytes: u64,
 }
 
 /// `(base, stripes, stripe)`: which stripe of which epoch a segment belongs to.
 type StripeKey = (u64, u32, u32);
 
+/// A segment file as phase 1 finds it: nothing read but its header.
 struct Segment {
     path: PathBuf,
     seq: u32,
-    /// The file's bytes (`None`: its header was bad; the whole file is corrupt).
-    bytes: Option<Vec<u8>>,
+    /// The file's length.
+    len: u64,
+    /// Its header was bad: the whole file is corrupt.
+    header_bad: bool,
+    /// The header of its index, if it has a valid one.
+    index: Option<super::index::Meta>,
 }
 
 /// What one stripe's segments hold after checking.
 #[derive(Default)]
 struct StripeScan {
-    /// The kept segments' bytes and the end of their whole records.
-    kept: Vec<(Vec<u8>, usize)>,
+    /// The kept segments, sealed, in order.
+    sealed: Vec<segments::Sealed>,
     /// The slot of the first record, and the number of records.
     start: Option<u64>,
     records: u64,
@@ -91,6 +121,9 @@ struct StripeScan {
     /// Bytes moved aside (or skipped, read-only): ids in them are unknown.
     lost_bytes: u64,
     next_seq: u32,
+    /// Segments known by their index alone; bytes of the ones read.
+    by_index: u64,
+    scanned_bytes: u64,
 }
 
 /// Rebuild the store from the segments in `dir` (which must exist).
@@ -100,9 +133,10 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
     let mut corrupt = false;
     let (by_stripe, aside) = list(dir, opt, &mut warnings)?;
     let mut scans: BTreeMap<StripeKey, StripeScan> = BTreeMap::new();
-    for (key, segs) in by_stripe {
-        let scan = check_stripe(key, segs, opt, &mut warnings, &mut corrupt)?;
-        scans.insert(key, scan);
+    for (key, (scan, w, c)) in check_stripes(by_stripe, opt) {
+        warnings.extend(w);
+        corrupt |= c;
+        scans.insert(key, scan?);
     }
     // Bytes moved aside by an earlier repair still count: ids in them are never given again
     // (the repair's new epoch, once its segments exist, records that floor too). They are
@@ -118,180 +152,65 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
              the last run stopped without releasing its id lease, or records were moved aside)"
         ));
     }
-    build(plan, scans, opt.stripes, started, warnings, corrupt)
+    let found = Found {
+        dir,
+        started,
+        warnings,
+        corrupt,
+    };
+    build(plan, scans, opt, found)
 }
 
-/// Phase 2: check one stripe's segments, cutting torn tails and (with `repair`) moving
-/// corruption aside.
-fn check_stripe(
-    key: StripeKey,
-    segs: Vec<Segment>,
+/// What `check_stripe` found of one stripe, its warnings, and whether it found corruption.
+type Checked = (Result<StripeScan, String>, Vec<String>, bool);
+
+/// A stripe's check: done here, or running on its own thread.
+enum Pending<'scope> {
+    Done(Checked),
+    Running(std::thread::ScopedJoinHandle<'scope, Checked>),
+}
+
+/// Phase 2 for every stripe, in stripe order: a stripe with a segment to read (one without a
+/// valid index) on a thread of its own, the others (index headers only) on this one.
+fn check_stripes(
+    by_stripe: BTreeMap<StripeKey, Vec<Segment>>,
     opt: Options,
-    warnings: &mut Vec<String>,
-    corrupt: &mut bool,
-) -> Result<StripeScan, String> {
-    let (base, stripes, stripe) = key;
-    let mut s = StripeScan {
-        next_seq: segs.last().map_or(0, |g| g.seq + 1),
-        ..StripeScan::default()
+) -> Vec<(StripeKey, Checked)> {
+    let check = move |key, segs| {
+        let (mut warnings, mut corrupt) = (Vec::new(), false);
+        let scan = check_stripe(key, segs, opt, &mut warnings, &mut corrupt);
+        (scan, warnings, corrupt)
     };
-    let mut stopped = false;
-    for seg in segs {
-        let shown = seg.path.display();
-        if stopped {
-            set_aside_whole(&seg.path, opt, &mut s)?;
-            warnings.push(format!("{shown}: moved aside (after a bad record)"));
-            continue;
-        }
-        let Some(bytes) = seg.bytes else {
-            set_aside_whole(&seg.path, opt, &mut s)?;
-            *corrupt = true;
-            stopped = true;
-            continue;
-        };
-        let walk = walk(&bytes, key, s.start, s.records);
-        s.start = walk.start;
-        let (cut, bad) = cut_point(&seg.path, &bytes, &walk, opt, warnings)?;
-        let good_end = keep_until(&walk, cut, &mut s);
-        if let Some(why) = bad {
-            *corrupt = true;
-            if !opt.repair && !opt.read_only {
-                return Err(format!(
-                    "{shown}: {why}; start with --repair to keep the records before it and move the rest aside"
-                ));
-            }
-            s.lost_bytes += (bytes.len() - good_end) as u64;
-            if !opt.read_only {
-                move_aside(&seg.path, good_end)?;
-            }
-            warnings.push(format!("{shown}: {why}; kept what came before it"));
-            stopped = true;
-        }
-        s.kept.push((bytes, good_end));
-    }
-    if s.start.is_some_and(|st| st > 0) {
-        warnings.push(format!(
-            "stripe {stripe} of epoch {base} ({stripes} stripes) begins at id {}: the segments before it are missing",
-            base + ids::id_of(stripe, s.start.unwrap_or(0), stripes)
-        ));
-    }
-    Ok(s)
-}
-
-/// A whole segment none of whose records count (its header was bad, or a bad record came
-/// before it): its bytes are lost, and it is moved aside (unless read-only).
-fn set_aside_whole(path: &Path, opt: Options, s: &mut StripeScan) -> Result<(), String> {
-    s.lost_bytes += fs::metadata(path).map_or(0, |m| m.len());
-    if !opt.read_only {
-        move_aside(path, 0)?;
-    }
-    Ok(())
-}
-
-/// One segment's records, walked in order.
-struct Walk {
-    /// The stripe's first slot: as known before this segment, else its first usage's.
-    start: Option<u64>,
-    /// Each whole record before any bad one: `(offset, end, id of a usage or None for a
-    /// lease, lease)`.
-    found: Vec<(usize, usize, Option<u64>, u64)>,
-    /// The first usage whose id breaks the slot order: `(offset, id, expected id)`.
-    bad_id: Option<(usize, u64, u64)>,
-    /// How the records end (see [`journal::scan`]).
-    end: End,
-}
-
-/// Walk the records of `bytes`, a segment of stripe `key` whose records so far began at slot
-/// `start` and numbered `before`: each usage must have the next slot's id.
-fn walk(bytes: &[u8], (base, stripes, stripe): StripeKey, start: Option<u64>, before: u64) -> Walk {
-    let mut w = Walk {
-        start,
-        found: Vec::new(),
-        bad_id: None,
-        end: End::Clean,
-    };
-    let mut here = 0u64;
-    w.end = journal::scan(bytes, |at, r| {
-        if w.bad_id.is_some() {
-            return;
-        }
-        let len = journal::decode(&bytes[at..]).map_or(0, |(_, n)| n);
-        match r {
-            Record::Lease(l) => w.found.push((at, at + len, None, l)),
-            Record::Usage { id, .. } => {
-                let slot = (id > base)
-                    .then(|| ids::locate(id - base, stripes))
-                    .flatten()
-                    .filter(|&(st, _)| st == stripe)
-                    .map(|(_, slot)| slot);
-                let want = w.start.map(|st| st + before + here);
-                match (slot, want) {
-                    (Some(slot), Some(want)) if slot == want => {}
-                    (Some(slot), None) => w.start = Some(slot),
-                    _ => {
-                        let expected = want.map_or(0, |s| base + ids::id_of(stripe, s, stripes));
-                        w.bad_id = Some((at, id, expected));
-                        return;
-                    }
+    std::thread::scope(|threads| {
+        let started: Vec<_> = by_stripe
+            .into_iter()
+            .map(|(key, segs)| {
+                if segs.iter().any(|s| s.index.is_none()) {
+                    (
+                        key,
+                        Pending::Running(threads.spawn(move || check(key, segs))),
+                    )
+                } else {
+                    (key, Pending::Done(check(key, segs)))
                 }
-                here += 1;
-                w.found.push((at, at + len, Some(id), 0));
-            }
-        }
-    });
-    w
-}
-
-/// Where the segment at `path` stops counting, and why if that is corruption. A torn tail is
-/// no corruption: it is cut back (unless read-only) with a warning.
-fn cut_point(
-    path: &Path,
-    bytes: &[u8],
-    walk: &Walk,
-    opt: Options,
-    warnings: &mut Vec<String>,
-) -> Result<(usize, Option<String>), String> {
-    Ok(match (walk.bad_id, walk.end) {
-        (Some((at, id, want)), _) => (
-            at,
-            Some(format!(
-                "record at offset {at} has id {id} where {want} was expected (a segment missing or out of place?)"
-            )),
-        ),
-        (None, End::Clean) => (bytes.len(), None),
-        (None, End::Torn { at }) => {
-            warnings.push(format!(
-                "{}: torn tail at offset {at} ({} bytes) cut back to the last whole record",
-                path.display(),
-                bytes.len() - at
-            ));
-            if !opt.read_only {
-                truncate(path, at as u64)?;
-            }
-            (at, None)
-        }
-        (None, End::Corrupt { at }) => (at, Some(format!("bad record at offset {at}"))),
+            })
+            .collect();
+        started
+            .into_iter()
+            .map(|(key, c)| match c {
+                Pending::Done(checked) => (key, checked),
+                Pending::Running(t) => (key, t.join().expect("a stripe's check panicked")),
+            })
+            .collect()
     })
 }
 
-/// Count the records before `cut` into `s` (usages, the last id, the lease); returns the end
-/// of the last of them (the header's end when there is none).
-fn keep_until(walk: &Walk, cut: usize, s: &mut StripeScan) -> usize {
-    let mut good_end = HEADER_LEN;
-    for &(at, end, id, lease) in &walk.found {
-        if at >= cut {
-            break;
-        }
-        match id {
-            Some(id) => {
-                s.records += 1;
-                s.last_id = id;
-            }
-            None => s.lease = lease,
-        }
-        good_end = end;
-    }
-    good_end
+/// What recovery carries into `build` besides the plan.
+struct Found<'a> {
+    dir: &'a Path,
+    started: Instant,
+    warnings: Vec<String>,
+    corrupt: bool,
 }
 
 /// The epochs to build and whether the last one is new.
@@ -369,92 +288,78 @@ fn top(base: u64, stripes: u32, s: &StripeScan) -> u64 {
     known.saturating_add(slots.saturating_mul(u64::from(stripes)))
 }
 
-/// Phase 4: the store, every kept record appended again through its stripe's writer.
+/// Phase 4: the segment table, and the store: empty, its current epoch's stripes at their
+/// next slot, old epochs' stripes at their end (every slot before is in a segment).
 fn build(
     plan: Plan,
     mut scans: BTreeMap<StripeKey, StripeScan>,
-    stripes: u32,
-    started: Instant,
-    warnings: Vec<String>,
-    corrupt: bool,
+    opt: Options,
+    found: Found,
 ) -> Result<Recovered, String> {
     let current = plan.epochs.len() - 1;
+    let next = |scans: &BTreeMap<StripeKey, StripeScan>, key| {
+        scans
+            .get(&key)
+            .map_or(0, |x: &StripeScan| x.start.unwrap_or(0) + x.records)
+    };
     let layout: Vec<EpochLayout> = plan
         .epochs
         .iter()
         .enumerate()
         .map(|(e, &(base, n))| {
             let fresh = e == current && plan.fresh;
-            let scan = |s: u32| scans.get(&(base, n, s)).filter(|_| !fresh);
             let starts: Vec<u64> = (0..n)
-                .map(|s| scan(s).and_then(|x| x.start).unwrap_or(0))
+                .map(|s| if fresh { 0 } else { next(&scans, (base, n, s)) })
                 .collect();
-            let ends = (e != current).then(|| {
-                (0..n)
-                    .map(|s| scan(s).map_or(0, |x| x.start.unwrap_or(0) + x.records))
-                    .collect()
-            });
+            let ends = (e != current).then(|| starts.clone());
             EpochLayout { base, starts, ends }
         })
         .collect();
-    let store = Arc::new(Store::with_epochs(&layout));
-    let mut writers = Vec::with_capacity(stripes as usize);
-    let mut journals = Vec::with_capacity(stripes as usize);
-    let mut records = 0u64;
-    for (e, &(base, n)) in plan.epochs.iter().enumerate() {
-        let fresh = e == current && plan.fresh;
-        for s in 0..n {
-            let mut w = store.epoch_writer(e, s);
-            let scan = scans.remove(&(base, n, s));
-            let next_seq = scan.as_ref().map_or(0, |x| x.next_seq);
-            let (lease, last_id) = match &scan {
-                Some(x) if !fresh => {
-                    for (bytes, end) in &x.kept {
-                        records += refill(&mut w, &bytes[..*end])?;
-                    }
-                    (x.lease, x.last_id)
-                }
-                _ => (0, 0),
-            };
-            if e == current {
-                writers.push(w);
-                journals.push(Continue {
-                    seq: next_seq,
-                    lease,
-                    last_id,
-                });
-            }
+    let store = Arc::new(Store::with_cache(&layout, opt.cache_bytes, true));
+    let table = Arc::new(Segments::new(found.dir.to_path_buf()));
+    let (mut records, mut by_index, mut scanned_bytes) = (0, 0, 0);
+    for scan in scans.values_mut() {
+        records += scan.records;
+        by_index += scan.by_index;
+        scanned_bytes += scan.scanned_bytes;
+        for sealed in std::mem::take(&mut scan.sealed) {
+            table.insert(sealed).map_err(|e| format!("recovery: {e}"))?;
         }
+    }
+    let (base, n) = plan.epochs[current];
+    let mut writers = Vec::with_capacity(opt.stripes as usize);
+    let mut journals = Vec::with_capacity(opt.stripes as usize);
+    for s in 0..n {
+        writers.push(store.epoch_writer(current, s));
+        let scan = scans.get(&(base, n, s));
+        journals.push(match scan {
+            Some(x) if !plan.fresh => Continue {
+                seq: x.next_seq,
+                lease: x.lease,
+                last_id: x.last_id,
+                next_slot: next(&scans, (base, n, s)),
+            },
+            _ => Continue {
+                seq: scan.map_or(0, |x| x.next_seq),
+                lease: 0,
+                last_id: 0,
+                next_slot: 0,
+            },
+        });
     }
     Ok(Recovered {
         store,
         writers,
         journals,
-        base: plan.epochs[current].0,
+        base,
         records,
-        elapsed: started.elapsed(),
-        warnings,
-        corrupt,
+        segments: table,
+        by_index,
+        scanned_bytes,
+        elapsed: found.started.elapsed(),
+        warnings: found.warnings,
+        corrupt: found.corrupt,
     })
-}
-
-/// Append every usage record of `bytes` (a checked segment prefix) through `w`.
-fn refill(w: &mut StripeWriter, bytes: &[u8]) -> Result<u64, String> {
-    let mut n = 0;
-    let mut failed = None;
-    journal::scan(bytes, |_, r| {
-        if let (Record::Usage { id, usage }, None) = (r, &failed) {
-            match w.append(&usage) {
-                Ok(got) if got == id => n += 1,
-                Ok(got) => failed = Some(format!("record {id} came back as {got}")),
-                Err(_) => failed = Some(format!("store full at id {id}")),
-            }
-        }
-    });
-    match failed {
-        Some(e) => Err(format!("recovery: {e}")),
-        None => Ok(n),
-    }
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), String> {

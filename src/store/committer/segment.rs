@@ -1,14 +1,17 @@
 //! The segment a journal thread appends to: writes cut back on failure, syncs as `--sync`
-//! says, leases, rolls, and a segment deleted or replaced under it rewritten.
+//! says, leases, seals (index entries built as it is written) and rolls, and a segment deleted
+//! or replaced under it rewritten.
 
 use crate::store::ids::MAX_ID;
+use crate::store::index;
 use crate::store::journal::{self, Header, SyncMode};
+use crate::store::segments;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
 
@@ -25,6 +28,9 @@ pub(super) struct Segment {
     pub(super) cut_to: Option<u64>,
     pub(super) sync: SyncMode,
     pub(super) segment_bytes: u64,
+    pub(super) seal_after: Option<Duration>,
+    /// When this segment was opened (for `seal_after`).
+    pub(super) opened: Instant,
     pub(super) unsynced: bool,
     pub(super) last_sync: Instant,
     /// When the segment's name was last checked (deleted or replaced?).
@@ -37,6 +43,38 @@ pub(super) struct Segment {
     pub(super) syncs: u64,
     pub(super) sync_ns: u64,
     pub(super) scratch: Vec<u8>,
+    /// The stripe slot of this segment's first usage record.
+    pub(super) first_slot: u64,
+    /// INVARIANT: has noted every byte of the file after its header (`builder.end() == len`),
+    /// unless `sealed`.
+    pub(super) builder: index::Builder,
+    /// This segment is sealed (in the segment table); the next one is not open yet (its
+    /// creation failed): nothing is written before it is.
+    pub(super) sealed: bool,
+    /// Sealed segments whose index is not written yet (a write failed): tried again at the
+    /// next seal and at the stop.
+    pub(super) unindexed: Vec<index::Sealed>,
+    pub(super) link: Arc<StripeLink>,
+    pub(super) segments: Arc<Segments>,
+}
+
+/// The index builder of a segment just made by [`journal::create_segment`] with `lease`: it
+/// has noted the lease record that follows the header.
+fn fresh_builder(lease: u64) -> index::Builder {
+    let mut b = index::Builder::new();
+    if lease > 0 {
+        let mut rec = Vec::with_capacity(journal::MIN_RECORD);
+        journal::encode_lease(&mut rec, lease);
+        b.note_batch(&rec, journal::HEADER_LEN as u64);
+    }
+    b
+}
+
+/// Wall clock, Unix ms (when a segment is sealed).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Segment {
@@ -52,6 +90,8 @@ impl Segment {
             cut_to: None,
             sync: s.sync,
             segment_bytes: s.segment_bytes,
+            seal_after: s.seal_after,
+            opened: Instant::now(),
             unsynced: false,
             last_sync: Instant::now(),
             link_checked: Instant::now(),
@@ -62,6 +102,12 @@ impl Segment {
             syncs: 0,
             sync_ns: 0,
             scratch: Vec::with_capacity(journal::MIN_RECORD),
+            first_slot: s.first_slot,
+            builder: fresh_builder(s.lease),
+            sealed: false,
+            unindexed: Vec::new(),
+            link: s.link,
+            segments: s.segments,
         })
     }
 
@@ -103,6 +149,18 @@ impl Segment {
         if self.file.metadata()?.nlink() == 0 {
             self.relink()?;
         }
+        // Written for good: the index notes them (they are the file's last bytes, wherever a
+        // relink put them).
+        let lease_len = if lease.is_some() {
+            self.scratch.len()
+        } else {
+            0
+        };
+        let at = self.len - (lease_len + bytes.len()) as u64;
+        if lease.is_some() {
+            self.builder.note_batch(&self.scratch, at);
+        }
+        self.builder.note_batch(bytes, at + lease_len as u64);
         if let Some(l) = lease {
             self.lease = l;
         }
@@ -111,15 +169,22 @@ impl Segment {
     }
 
     /// Before a write: make good a cut still owed, notice a deleted or replaced segment
-    /// (rewriting its records into a new one), and roll over a full segment.
+    /// (rewriting its records into a new one), and roll over a full segment, or one the
+    /// writer wants sealed that holds a usage (a segment of leases alone is not worth it).
     pub(super) fn ready(&mut self) -> io::Result<()> {
         self.cut()?;
-        let full = self.len >= self.segment_bytes;
+        if self.sealed {
+            return self.roll(); // the next segment still to open
+        }
         let now = Instant::now();
-        if full || now.duration_since(self.link_checked) >= LINK_CHECK {
+        let full = self.len >= self.segment_bytes;
+        let wanted = self.builder.records() > 0
+            && (self.link.want_seal.load(Ordering::Relaxed)
+                || self.seal_due_in(now).is_some_and(|d| d.is_zero()));
+        if full || wanted || now.duration_since(self.link_checked) >= LINK_CHECK {
             self.check_link(now)?;
         }
-        if full {
+        if full || wanted {
             self.roll()?;
         }
         Ok(())
@@ -168,6 +233,35 @@ impl Segment {
             .then(|| (self.last_sync + SYNC_INTERVAL).saturating_duration_since(now))
     }
 
+    /// With retention by age: when a segment holding usages is due to seal (it is sealed a
+    /// tenth of `--retain` after it was opened, so its usages can expire on time even when no
+    /// more come).
+    pub(super) fn seal_due_in(&self, now: Instant) -> Option<Duration> {
+        let after = self.seal_after?;
+        (self.builder.records() > 0 && !self.sealed)
+            .then(|| (self.opened + after).saturating_duration_since(now))
+    }
+
+    /// The next time the thread must act without a batch: a sync or a seal due.
+    pub(super) fn due_in(&self, now: Instant) -> Option<Duration> {
+        match (self.sync_due_in(now), self.seal_due_in(now)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// No batch came: sync what is due, and seal a segment whose time has come.
+    pub(super) fn idle(&mut self) -> io::Result<()> {
+        self.sync()?;
+        if self
+            .seal_due_in(Instant::now())
+            .is_some_and(|d| d.is_zero())
+        {
+            self.ready()?;
+        }
+        Ok(())
+    }
+
     /// The first segment number past `seq` with no file (a segment made by a try that failed
     /// after its rename is complete but unused: it is left as it is).
     pub(super) fn free_seq(&self) -> u32 {
@@ -183,10 +277,12 @@ impl Segment {
     }
 
     /// Seal this segment (synced in every mode: a later segment never holds records while an
-    /// earlier one may lose some) and continue in the next one.
+    /// earlier one may lose some), continue in the next one, then write the index. A failure
+    /// may come after the seal: the next call goes on from there.
     #[cold]
     pub(super) fn roll(&mut self) -> io::Result<()> {
         self.sync()?;
+        self.seal();
         let seq = self.free_seq();
         let (file, len) = journal::create_segment(&self.dir, &self.header, seq, self.lease)?;
         self.seq = seq;
@@ -194,7 +290,73 @@ impl Segment {
         self.file = file;
         self.len = len;
         self.unsynced = false;
+        self.builder = fresh_builder(self.lease);
+        self.opened = Instant::now();
+        debug_assert_eq!(
+            self.builder.end(),
+            self.len,
+            "the builder noted the first lease"
+        );
+        self.sealed = false;
+        self.write_indexes();
         Ok(())
+    }
+
+    /// Seal the segment, synced already (once; nothing more is written to it): into the
+    /// segment table with its index entries, `sealed_end` past it (its slots may now leave
+    /// the arena: readers find them here), `want_seal` answered. Its index is written later
+    /// ([`Segment::write_indexes`]).
+    #[cold]
+    pub(super) fn seal(&mut self) {
+        if self.sealed {
+            return;
+        }
+        debug_assert!(!self.unsynced, "sealed only once synced");
+        let builder = std::mem::take(&mut self.builder);
+        let sealed = builder.seal(self.header, self.seq, self.first_slot, unix_ms());
+        debug_assert_eq!(sealed.meta.data_len, self.len, "the index covers the file");
+        let end = self.first_slot + sealed.meta.records;
+        let entry = segments::Sealed {
+            meta: sealed.meta,
+            entries: Some(Arc::from(sealed.entries.as_slice())),
+            idx_len: 0,
+        };
+        match self.segments.insert(entry) {
+            Ok(()) => self.link.sealed_end.store(end, Ordering::Release),
+            // A bug, never a reason to fail a write: `sealed_end` stays, so the arena keeps
+            // these slots (or refuses new usages once it is full).
+            Err(e) => eprintln!(
+                "usaged: worker {}: sealed segment {} not in the segment table: {e}",
+                self.worker,
+                self.path.display()
+            ),
+        }
+        self.link.want_seal.store(false, Ordering::Relaxed);
+        self.first_slot = end;
+        self.sealed = true;
+        self.unindexed.push(sealed);
+    }
+
+    /// Write the index of every sealed segment that has none yet; one that fails stays for
+    /// the next try (its entries stay in the segment table meanwhile), one line logged.
+    #[cold]
+    pub(super) fn write_indexes(&mut self) {
+        let mut left = std::mem::take(&mut self.unindexed);
+        left.retain(|s| match index::write(&self.dir, s) {
+            Ok(len) => {
+                self.segments.indexed(&s.meta.key, s.meta.seq, len);
+                false
+            }
+            Err(e) => {
+                eprintln!(
+                    "usaged: worker {}: cannot write the index of {}: {e}; kept in memory, tried again at the next seal",
+                    self.worker,
+                    journal::segment_name(&s.meta.key, s.meta.seq)
+                );
+                true
+            }
+        });
+        self.unindexed = left;
     }
 
     /// Our segment was deleted or replaced: its records live on only in our open file. Copy
@@ -231,6 +393,9 @@ impl Segment {
             records,
             journal::segment_name(&self.header, seq)
         );
+        // The records moved behind the new segment's first lease.
+        let noted = std::mem::take(&mut self.builder);
+        self.builder = noted.behind(fresh_builder(self.lease));
         self.seq = seq;
         self.path = self.dir.join(journal::segment_name(&self.header, seq));
         self.file = file;
@@ -240,7 +405,8 @@ impl Segment {
     }
 
     /// A clean stop: a last lease equal to the last id (so the next start continues this
-    /// epoch), synced.
+    /// epoch), synced, and the segment sealed and indexed (even one without usages), so the
+    /// next start reads no record.
     pub(super) fn finish(&mut self) -> io::Result<()> {
         if self.lease > self.last_id {
             self.ready()?;
@@ -253,11 +419,15 @@ impl Segment {
                 let _ = self.cut();
                 return Err(e);
             }
+            self.builder.note_batch(&self.scratch, start);
             self.len += self.scratch.len() as u64;
             self.unsynced = true;
             self.lease = self.last_id;
         }
-        self.sync()
+        self.sync()?;
+        self.seal();
+        self.write_indexes();
+        Ok(())
     }
 
     pub(super) fn publish(&self, status: &Status) {

@@ -292,7 +292,7 @@ fn from_segment_stops_at_a_torn_tail() {
 }
 
 #[test]
-fn journal_segments_index_and_recovery_skips_index_files() {
+fn journal_segments_index_and_recovery_takes_rewritten_indexes() {
     use crate::store::recover::tests::run;
     let (a, b) = (temp_dir("index-plain"), temp_dir("index-with-idx"));
     let ids = run(&a, 2, 300);
@@ -322,7 +322,8 @@ fn journal_segments_index_and_recovery_skips_index_files() {
         write(&b, &s).unwrap();
         fs::write(journal::tmp_path(&b.join(index_name(&key, seq + 1))), b"x").unwrap();
     }
-    // Recovery reads `.idx` and `*.idx.tmp` files as nothing: both runs go on alike.
+    // Recovery takes the rewritten indexes and removes the `*.idx.tmp` leftover: both runs go
+    // on alike.
     assert_eq!(run(&a, 2, 50), run(&b, 2, 50));
     for d in [a, b] {
         fs::remove_dir_all(d).unwrap();

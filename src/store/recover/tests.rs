@@ -1,9 +1,14 @@
 use super::*;
 use crate::json::scan::{Patient, Usage};
+use crate::store::StoredUsage;
 use crate::store::committer::{self, Committer, Status};
 use crate::store::journal::SyncMode;
+use crate::store::link::StripeLink;
 use crate::time::Timestamp;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+mod indexed;
 
 /// A fresh, empty directory under the system temp dir (also for the `open` and `export`
 /// tests).
@@ -42,16 +47,22 @@ fn opts(stripes: u32) -> Options {
         stripes,
         repair: false,
         read_only: false,
+        cache_bytes: crate::store::arena::DEFAULT_CACHE,
     }
 }
 
 /// Store `n` usages through recovered writers with journals, as a run of `stripes` workers
 /// that stops cleanly (also for the `export` tests).
 pub fn run(dir: &Path, stripes: u32, n: u64) -> Vec<u64> {
+    run_with(dir, stripes, n, journal::SEGMENT_BYTES)
+}
+
+/// [`run`] with segments rolling past `segment_bytes`.
+pub fn run_with(dir: &Path, stripes: u32, n: u64, segment_bytes: u64) -> Vec<u64> {
     let r = recover(dir, opts(stripes)).unwrap();
     let mut ids = Vec::new();
     let mut writers = r.writers;
-    let committers: Vec<Committer> = writers
+    let mut committers: Vec<Committer> = writers
         .iter_mut()
         .enumerate()
         .map(|(s, w)| {
@@ -66,10 +77,14 @@ pub fn run(dir: &Path, stripes: u32, n: u64) -> Vec<u64> {
                 },
                 seq: c.seq,
                 sync: SyncMode::Never,
-                segment_bytes: journal::SEGMENT_BYTES,
+                segment_bytes,
+                seal_after: None,
                 lease: c.lease,
                 last_id: c.last_id,
                 worker: s,
+                first_slot: c.next_slot,
+                link: Arc::new(StripeLink::new(c.next_slot, 0)),
+                segments: Arc::clone(&r.segments),
             };
             Committer::start(setup, Arc::new(Status::default()), Box::new(|| {})).unwrap()
         })
@@ -78,6 +93,16 @@ pub fn run(dir: &Path, stripes: u32, n: u64) -> Vec<u64> {
     for i in 0..n {
         let w = &mut writers[(i % stripes as u64) as usize];
         ids.push(w.append(&usage(i, &mut m)).unwrap());
+        // Hand over a batch of 16 (as a worker's loop turn does), so segments roll often.
+        if i % (16 * stripes as u64) >= 15 * stripes as u64 {
+            let c = &mut committers[(i % stripes as u64) as usize];
+            while !c.idle() {
+                std::thread::yield_now(); // the batch before is being written
+            }
+            if let Some((b, id)) = w.batch_mut() {
+                assert!(c.submit(b, id));
+            }
+        }
     }
     for (w, c) in writers.iter_mut().zip(committers) {
         let last = w.batch_mut().map(|(b, id)| (std::mem::take(b), id));
@@ -87,6 +112,40 @@ pub fn run(dir: &Path, stripes: u32, n: u64) -> Vec<u64> {
         );
     }
     ids
+}
+
+/// Every usage the segment table of `r` holds, read from the segment files it names. Checks
+/// on the way that each segment holds exactly the usages its entry says, at its slots.
+pub fn stored(r: &Recovered) -> BTreeMap<u64, StoredUsage> {
+    let segs = &r.segments;
+    let mut out = BTreeMap::new();
+    for key in segs.keys() {
+        for s in segs.list(&key) {
+            let bytes = fs::read(segs.segment_path(&s.meta)).unwrap();
+            let bytes = &bytes[..s.meta.data_len as usize];
+            let mut slot = s.meta.first_slot;
+            let end = journal::scan(bytes, |_, r| {
+                if let Record::Usage { id, usage } = r {
+                    assert_eq!(id, key.base + ids::id_of(key.stripe, slot, key.stripes));
+                    slot += 1;
+                    assert!(out.insert(id, StoredUsage::from_usage(&usage)).is_none());
+                }
+            });
+            assert_eq!(end, End::Clean, "segment {} of {key:?}", s.meta.seq);
+            assert_eq!(slot, s.meta.first_slot + s.meta.records);
+        }
+    }
+    out
+}
+
+/// Every id of `ids` reads back as the `i`th usage [`run`] stored, from the segments.
+fn all_readable(r: &Recovered, ids: &[u64]) {
+    let got = stored(r);
+    let mut m = String::new();
+    for (i, id) in ids.iter().enumerate() {
+        let want = StoredUsage::from_usage(&usage(i as u64, &mut m));
+        assert_eq!(got.get(id), Some(&want), "id {id}");
+    }
 }
 
 /// Offsets of the usage records of a segment.
@@ -116,15 +175,8 @@ fn round_trip_and_continuation() {
     let first = run(&dir, 3, 100);
     let r = recover(&dir, opts(3)).unwrap();
     assert_eq!(r.records, 100);
-    let mut m = String::new();
-    for (i, id) in first.iter().enumerate() {
-        let got = r.store.get(*id).unwrap();
-        let want = usage(i as u64, &mut m);
-        assert_eq!(
-            (got.timestamp, got.medication()),
-            (want.timestamp, want.medication)
-        );
-    }
+    all_readable(&r, &first);
+    assert_eq!(stored(&r).len(), 100);
     drop(r);
     let second = run(&dir, 3, 50);
     let all: std::collections::HashSet<u64> = first.iter().chain(&second).copied().collect();
@@ -142,16 +194,10 @@ fn a_different_thread_count_starts_a_new_epoch() {
     assert!(b.iter().all(|&id| id > max_a), "new ids past every old one");
     let r = recover(&dir, opts(5)).unwrap();
     assert_eq!(r.records, 148);
-    // Old epochs hold nothing in RAM: every id of theirs is cold (read from its segment).
-    for (ids, n) in [(&a, 101), (&b, 40), (&c, 7)] {
-        for id in ids.iter().take(n) {
-            let got = r.store.lookup(*id);
-            assert!(
-                matches!(got, crate::store::arena::Lookup::Cold { .. }),
-                "id {id}: {got:?}"
-            );
-        }
+    for ids in [&a, &b, &c] {
+        all_readable(&r, ids);
     }
+    assert_eq!(stored(&r).len(), 148);
 }
 
 #[test]
@@ -168,9 +214,13 @@ fn a_torn_tail_is_cut_at_every_offset_of_the_last_record() {
         fs::write(&seg, &whole[..cut]).unwrap();
         let r = recover(&dir, opts(1)).unwrap();
         assert_eq!(r.records, 4, "cut at {cut}");
+        // Its index no longer fits it: removed, the segment scanned, cut and indexed again.
+        assert!(r.scanned_bytes > 0, "cut at {cut}");
         if cut > end4 {
             assert!(
-                r.warnings[0].contains(&format!("torn tail at offset {end4}")),
+                r.warnings
+                    .iter()
+                    .any(|w| w.contains(&format!("torn tail at offset {end4}"))),
                 "{:?}",
                 r.warnings
             );
@@ -194,6 +244,9 @@ fn corruption_in_the_middle_stops_the_start_unless_repair() {
     let at3 = usage_offsets(&bytes)[3];
     bytes[at3 + 10] ^= 0x40;
     fs::write(&seg, &bytes).unwrap();
+    // Its index makes the start read none of its records (see `indexed`): without it, it is
+    // read and checked.
+    fs::remove_file(seg.with_extension("idx")).unwrap();
     let err = recover(&dir, opts(1)).err().expect("refuses to start");
     assert!(
         err.contains(&seg.display().to_string()) && err.contains(&format!("offset {at3}")),
@@ -205,6 +258,7 @@ fn corruption_in_the_middle_stops_the_start_unless_repair() {
             stripes: 1,
             repair: false,
             read_only: true,
+            cache_bytes: crate::store::arena::DEFAULT_CACHE,
         },
     )
     .unwrap();
@@ -213,12 +267,15 @@ fn corruption_in_the_middle_stops_the_start_unless_repair() {
         "export reads the prefix and changes nothing"
     );
     assert_eq!(fs::read(&seg).unwrap(), bytes);
+    assert!(!seg.with_extension("idx").exists(), "no index written");
+    assert_eq!(stored(&read_only).len(), 3);
     let r = recover(
         &dir,
         Options {
             stripes: 1,
             repair: true,
             read_only: false,
+            cache_bytes: crate::store::arena::DEFAULT_CACHE,
         },
     )
     .unwrap();
