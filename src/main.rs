@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use usaged::config::{self, Command, Config, ExportFormat};
-use usaged::metrics::{Metrics, Totals};
+use usaged::metrics::{Disk, Metrics, Totals};
 use usaged::server::{self, Running, signals};
 use usaged::store::Store;
 use usaged::store::arena::MIN_CACHE_PER_WORKER;
@@ -76,15 +76,26 @@ fn serve(config: &Config) -> Result<(), String> {
     // Before the journal is touched: two servers on one port would hand out the same ids.
     let addr = SocketAddr::new(config.bind, config.port);
     server::listener::ensure_free(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let opened = open_store(config)?;
+    // Stopped (and joined) when dropped, after the workers.
+    let retainer = open::retention(&opened, &journal(config))?;
     let Opened {
         store,
         writers,
         journals,
         segments,
+        marks: _,
         lock: _lock,
-    } = open_store(config)?;
+    } = opened;
+    let disk = segments.as_ref().map(|s| Disk {
+        segments: Arc::clone(s),
+        retention: retainer.as_ref().map(|r| Arc::clone(&r.stats)),
+    });
     let stats_store = Arc::clone(&store);
     let running = server::start(config, store, writers, journals, segments)?;
+    if let Some(d) = disk {
+        running.metrics.set_disk(d);
+    }
     print_started(config, &running, &nofile);
     if let Some(every) = config.stats {
         let metrics = Arc::clone(&running.metrics);
@@ -124,7 +135,12 @@ fn open_store(config: &Config) -> Result<Opened, String> {
     if config.in_memory {
         return Ok(open::in_memory(stripes, config.cache_bytes));
     }
-    let journal = open::Journal {
+    open::journaled(stripes, &journal(config))
+}
+
+/// What the journal is opened with.
+fn journal(config: &Config) -> open::Journal<'_> {
+    open::Journal {
         dir: &config.data_dir,
         repair: config.repair,
         sync: config.sync,
@@ -132,8 +148,7 @@ fn open_store(config: &Config) -> Result<Opened, String> {
         cache_bytes: config.cache_bytes,
         retain: config.retain,
         retain_bytes: config.retain_bytes,
-    };
-    open::journaled(stripes, &journal)
+    }
 }
 
 /// The start lines on stderr: the settings in force, then `listening on ADDR` (which test

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::store::Store;
 use crate::store::cold::ColdRead;
+use crate::store::retention;
+use crate::store::segments::Segments;
 
 /// Route labels of `usaged_requests_total`.
 pub const ROUTES: [&str; 5] = ["create_usage", "get_usage", "health", "metrics", "other"];
@@ -212,6 +214,15 @@ fn bucket(ns: u64) -> usize {
 /// Every worker's counters.
 pub struct Metrics {
     workers: Box<[WorkerMetrics]>,
+    /// The journal on disk, once the store is open with one (`set_disk`).
+    disk: std::sync::OnceLock<Disk>,
+}
+
+/// What `/metrics` shows of the journal on disk.
+pub struct Disk {
+    pub segments: std::sync::Arc<Segments>,
+    /// Retention's counters, when `--retain` or `--retain-bytes` is on.
+    pub retention: Option<std::sync::Arc<retention::Stats>>,
 }
 
 /// Sums over all workers, as a scrape or the status line sees them.
@@ -268,7 +279,13 @@ impl Metrics {
     pub fn new(workers: usize) -> Self {
         Metrics {
             workers: (0..workers).map(|_| WorkerMetrics::default()).collect(),
+            disk: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Show the journal on disk from now on (once; later calls change nothing).
+    pub fn set_disk(&self, d: Disk) {
+        let _ = self.disk.set(d);
     }
 
     pub fn worker(&self, i: usize) -> &WorkerMetrics {
@@ -292,6 +309,9 @@ impl Metrics {
         w.journal_gauges(&t);
         w.connections(&t);
         w.store(store);
+        if let Some(d) = self.disk.get() {
+            w.disk(d);
+        }
     }
 }
 
@@ -418,7 +438,7 @@ impl Writer<'_> {
         self.family(
             "usaged_usages_stored_total",
             "counter",
-            "Usages stored (recovered ones included).",
+            "Usages stored since this process started.",
         );
         self.sample("usaged_usages_stored_total", &[], store.len());
         self.family(
@@ -439,6 +459,60 @@ impl Writer<'_> {
             "Usages held in the cache (answered from RAM).",
         );
         self.sample("usaged_cache_usages", &[], store.cache_usages());
+    }
+
+    /// Sealed segments on disk, and what retention removed.
+    fn disk(&mut self, d: &Disk) {
+        let gauges = [
+            (
+                "usaged_journal_sealed_segments",
+                "Sealed journal segments on disk (each with its index).",
+                d.segments.count(),
+            ),
+            (
+                "usaged_journal_sealed_bytes",
+                "Bytes of sealed journal segments and their indexes on disk.",
+                d.segments.disk_bytes(),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            self.family(name, "gauge", help);
+            self.sample(name, &[], v);
+        }
+        let Some(r) = &d.retention else {
+            return;
+        };
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let families = [
+            (
+                "usaged_retention_removed_segments_total",
+                "counter",
+                "Segments removed by retention.",
+                load(&r.removed_segments),
+            ),
+            (
+                "usaged_retention_removed_bytes_total",
+                "counter",
+                "Bytes of segments and indexes removed by retention.",
+                load(&r.removed_bytes),
+            ),
+            (
+                "usaged_retention_held_bytes",
+                "gauge",
+                "Bytes retention would remove but a hold (an unshipped segment) keeps.",
+                load(&r.held_bytes),
+            ),
+            (
+                "usaged_retention_errors_total",
+                "counter",
+                "Retention passes that failed (RETAINED could not be written).",
+                load(&r.errors),
+            ),
+        ];
+        for (name, kind, help, v) in families {
+            self.family(name, kind, help);
+            self.sample(name, &[], v);
+        }
     }
 }
 

@@ -44,12 +44,14 @@ fn status(c: &mut Client, id: u64) -> u16 {
 fn disk_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .unwrap()
-        .map(|e| e.unwrap())
+        .flatten()
         .filter(|e| {
             let n = e.file_name().into_string().unwrap();
             n.ends_with(".seg") || n.ends_with(".idx")
         })
-        .map(|e| e.metadata().unwrap().len())
+        // A file removed between the listing and its size counts nothing.
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
         .sum()
 }
 
@@ -120,6 +122,9 @@ fn retain_bytes_keeps_the_journal_under_its_size_oldest_first() {
             .copied()
             .filter(|id| (id - 1) % 2 == stripe)
             .collect();
+        if mine.is_empty() {
+            continue; // one connection: one worker took every post
+        }
         let answers: Vec<u16> = mine
             .iter()
             .step_by(97)

@@ -9,6 +9,7 @@ use super::arena::EpochLayout;
 use super::committer;
 use super::journal::{self, Header, SyncMode};
 use super::recover::{self, Options, Recovered};
+use super::retention::{Marks, NoHold, Policy, Retainer, Retention};
 use super::segments::Segments;
 use super::{Store, StripeWriter};
 
@@ -20,6 +21,8 @@ pub struct Opened {
     pub journals: Option<Vec<committer::Setup>>,
     /// Every sealed segment (`None`: in memory).
     pub segments: Option<Arc<Segments>>,
+    /// Retention's marks as recovery found them.
+    pub marks: Marks,
     /// The data directory's `LOCK` file, locked while this lives: keep it until the journal
     /// threads have stopped (`None`: in memory).
     pub lock: Option<File>,
@@ -59,6 +62,7 @@ pub fn in_memory(stripes: u32, cache_bytes: u64) -> Opened {
         writers,
         journals: None,
         segments: None,
+        marks: Marks::default(),
         lock: None,
     }
 }
@@ -85,8 +89,40 @@ pub fn journaled(stripes: u32, j: &Journal) -> Result<Opened, String> {
         writers: r.writers,
         journals: Some(journals),
         segments: Some(r.segments),
+        marks: r.marks,
         lock: Some(lock),
     })
+}
+
+/// Retention over the opened store's journal (`None`: no journal, or neither `--retain` nor
+/// `--retain-bytes`). Every stripe of every epoch takes part.
+pub fn retention(o: &Opened, j: &Journal) -> Result<Option<Retainer>, String> {
+    let Some(segments) = &o.segments else {
+        return Ok(None);
+    };
+    if j.retain.is_none() && j.retain_bytes.is_none() {
+        return Ok(None);
+    }
+    let mut links = std::collections::BTreeMap::new();
+    for (e, (base, stripes)) in o.store.epochs().into_iter().enumerate() {
+        for stripe in 0..stripes {
+            let key = Header {
+                stripes,
+                stripe,
+                base,
+            };
+            links.insert(key, o.store.link(e, stripe));
+        }
+    }
+    let policy = Policy {
+        max_age: j.retain,
+        max_bytes: j.retain_bytes,
+        hold: Arc::new(NoHold),
+    };
+    let r = Retention::new(policy, Arc::clone(segments), links, o.marks.clone());
+    Retainer::start(r)
+        .map(Some)
+        .map_err(|e| format!("cannot start the retention thread: {e}"))
 }
 
 /// One server per data directory: a second one would hand out the same ids.

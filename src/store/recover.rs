@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use super::committer::LEASE_SLOTS;
 use super::ids::{self, MAX_ID};
 use super::journal::{self, End, HEADER_LEN, Header, MAX_STRIPES, MIN_RECORD, Record};
+use super::retention::{self, Marks};
 use super::segments::{self, Segments};
 use super::{EpochLayout, Store, StripeWriter};
 
@@ -66,6 +67,8 @@ pub struct Recovered {
     pub warnings: Vec<String>,
     /// Corruption was found (and skipped, read-only, or moved aside, with `repair`).
     pub corrupt: bool,
+    /// Retention's low-water marks (`RETAINED`), as found.
+    pub marks: Marks,
 }
 
 /// Where a current stripe's journal goes on.
@@ -133,10 +136,36 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
     let mut corrupt = false;
     let (by_stripe, aside) = list(dir, opt, &mut warnings)?;
     let mut scans: BTreeMap<StripeKey, StripeScan> = BTreeMap::new();
-    for (key, (scan, w, c)) in check_stripes(by_stripe, opt) {
+    let marks = match Marks::load(dir) {
+        Ok(m) => m,
+        Err(e) => {
+            // Its marks said which ids answer 410; without them the ids of segments removed
+            // answer 404 (the id floor still comes from the segments left).
+            warnings.push(format!(
+                "{}: {e}; ignored",
+                dir.join(retention::FILE).display()
+            ));
+            Marks::default()
+        }
+    };
+    for (key, (scan, w, c)) in check_stripes(by_stripe, opt, &marks) {
         warnings.extend(w);
         corrupt |= c;
-        scans.insert(key, scan?);
+        let mut scan = scan?;
+        let (base, stripes, stripe) = key;
+        let mark = marks.below.get(&Header {
+            base,
+            stripes,
+            stripe,
+        });
+        finish_removal(
+            &mut scan,
+            mark.copied().unwrap_or(0),
+            dir,
+            opt,
+            &mut warnings,
+        );
+        scans.insert(key, scan);
     }
     // Bytes moved aside by an earlier repair still count: ids in them are never given again
     // (the repair's new epoch, once its segments exist, records that floor too). They are
@@ -144,7 +173,7 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
     for (key, bytes) in aside {
         scans.entry(key).or_default().lost_bytes += bytes;
     }
-    let plan = plan(&scans, opt.stripes)?;
+    let plan = plan(&scans, opt.stripes, marks.id_floor)?;
     if plan.fresh && !scans.is_empty() && !opt.read_only {
         let &(base, n) = plan.epochs.last().expect("an epoch");
         warnings.push(format!(
@@ -157,6 +186,7 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
         started,
         warnings,
         corrupt,
+        marks,
     };
     build(plan, scans, opt, found)
 }
@@ -175,23 +205,34 @@ enum Pending<'scope> {
 fn check_stripes(
     by_stripe: BTreeMap<StripeKey, Vec<Segment>>,
     opt: Options,
+    marks: &Marks,
 ) -> Vec<(StripeKey, Checked)> {
-    let check = move |key, segs| {
+    let check = move |key: StripeKey, segs, mark: u64| {
         let (mut warnings, mut corrupt) = (Vec::new(), false);
-        let scan = check_stripe(key, segs, opt, &mut warnings, &mut corrupt);
+        let scan = check_stripe(key, segs, opt, mark, &mut warnings, &mut corrupt);
         (scan, warnings, corrupt)
     };
     std::thread::scope(|threads| {
         let started: Vec<_> = by_stripe
             .into_iter()
             .map(|(key, segs)| {
+                let (base, stripes, stripe) = key;
+                let mark = marks
+                    .below
+                    .get(&Header {
+                        base,
+                        stripes,
+                        stripe,
+                    })
+                    .copied()
+                    .unwrap_or(0);
                 if segs.iter().any(|s| s.index.is_none()) {
                     (
                         key,
-                        Pending::Running(threads.spawn(move || check(key, segs))),
+                        Pending::Running(threads.spawn(move || check(key, segs, mark))),
                     )
                 } else {
-                    (key, Pending::Done(check(key, segs)))
+                    (key, Pending::Done(check(key, segs, mark)))
                 }
             })
             .collect();
@@ -211,6 +252,7 @@ struct Found<'a> {
     started: Instant,
     warnings: Vec<String>,
     corrupt: bool,
+    marks: Marks,
 }
 
 /// The epochs to build and whether the last one is new.
@@ -222,9 +264,14 @@ struct Plan {
 }
 
 /// Phase 3: order the epochs and decide whether the last continues.
-fn plan(scans: &BTreeMap<StripeKey, StripeScan>, stripes: u32) -> Result<Plan, String> {
-    // Every id any earlier run may have handed out lies at or below `floor`.
-    let mut floor = 0u64;
+fn plan(
+    scans: &BTreeMap<StripeKey, StripeScan>,
+    stripes: u32,
+    id_floor: u64,
+) -> Result<Plan, String> {
+    // Every id any earlier run may have handed out lies at or below `floor` (retention's
+    // floor covers the ids of segments it removed).
+    let mut floor = id_floor;
     let mut holding: BTreeMap<(u64, u32), bool> = BTreeMap::new();
     let mut unclean: BTreeMap<(u64, u32), bool> = BTreeMap::new();
     for (&(base, n, _), s) in scans {
@@ -297,10 +344,20 @@ fn build(
     found: Found,
 ) -> Result<Recovered, String> {
     let current = plan.epochs.len() - 1;
+    let mark = |(base, stripes, stripe): StripeKey| {
+        let key = Header {
+            base,
+            stripes,
+            stripe,
+        };
+        found.marks.below.get(&key).copied().unwrap_or(0)
+    };
+    // A stripe goes on past its records and past what retention removed (all of it, maybe).
     let next = |scans: &BTreeMap<StripeKey, StripeScan>, key| {
-        scans
+        let held = scans
             .get(&key)
-            .map_or(0, |x: &StripeScan| x.start.unwrap_or(0) + x.records)
+            .map_or(0, |x: &StripeScan| x.start.unwrap_or(0) + x.records);
+        held.max(mark(key))
     };
     let layout: Vec<EpochLayout> = plan
         .epochs
@@ -315,7 +372,19 @@ fn build(
             EpochLayout { base, starts, ends }
         })
         .collect();
+    let layout = with_removed_epochs(layout, &found.marks);
     let store = Arc::new(Store::with_cache(&layout, opt.cache_bytes, true));
+    // Ids below a stripe's mark answer 410.
+    for (e, l) in layout.iter().enumerate() {
+        for s in 0..l.starts.len() as u32 {
+            let m = mark((l.base, l.starts.len() as u32, s));
+            store
+                .link(e, s)
+                .expired_below
+                .store(m, std::sync::atomic::Ordering::Release);
+        }
+    }
+    let current = layout.len() - 1;
     let table = Arc::new(Segments::new(found.dir.to_path_buf()));
     let (mut records, mut by_index, mut scanned_bytes) = (0, 0, 0);
     for scan in scans.values_mut() {
@@ -326,7 +395,7 @@ fn build(
             table.insert(sealed).map_err(|e| format!("recovery: {e}"))?;
         }
     }
-    let (base, n) = plan.epochs[current];
+    let (base, n) = *plan.epochs.last().expect("a current epoch");
     let mut writers = Vec::with_capacity(opt.stripes as usize);
     let mut journals = Vec::with_capacity(opt.stripes as usize);
     for s in 0..n {
@@ -359,7 +428,69 @@ fn build(
         elapsed: found.started.elapsed(),
         warnings: found.warnings,
         corrupt: found.corrupt,
+        marks: found.marks,
     })
+}
+
+/// `layout` with a stub for every epoch retention removed whole (no segment left): its
+/// stripes hold nothing but answer `410` below their marks.
+fn with_removed_epochs(mut layout: Vec<EpochLayout>, marks: &Marks) -> Vec<EpochLayout> {
+    let mut stubs: BTreeMap<(u64, u32), Vec<u64>> = BTreeMap::new();
+    for (k, &below) in &marks.below {
+        if layout.iter().any(|l| l.base == k.base) {
+            continue;
+        }
+        let ends = stubs
+            .entry((k.base, k.stripes))
+            .or_insert_with(|| vec![0; k.stripes as usize]);
+        ends[k.stripe as usize] = below;
+    }
+    for ((base, _), ends) in stubs {
+        // Never past the current epoch: a stub only ever lies below it.
+        let at = layout.partition_point(|l| l.base < base);
+        if at == layout.len() {
+            continue;
+        }
+        let stub = EpochLayout {
+            base,
+            starts: ends.clone(),
+            ends: Some(ends),
+        };
+        layout.insert(at, stub);
+    }
+    layout
+}
+
+/// Segments wholly below the stripe's retention mark: retention was removing them when the
+/// last run stopped. The removal is finished (read-only: they are only left out); the stripe
+/// then begins at the mark.
+fn finish_removal(
+    s: &mut StripeScan,
+    mark: u64,
+    dir: &Path,
+    opt: Options,
+    warnings: &mut Vec<String>,
+) {
+    let below = |m: &super::index::Meta| {
+        m.first_slot + m.records <= mark && (m.records > 0 || m.first_slot < mark)
+    };
+    let n = s.sealed.iter().take_while(|x| below(&x.meta)).count();
+    for x in s.sealed.drain(..n) {
+        s.records -= x.meta.records;
+        if let Some(st) = s.start.as_mut() {
+            *st += x.meta.records;
+        }
+        let seg = dir.join(journal::segment_name(&x.meta.key, x.meta.seq));
+        if !opt.read_only {
+            let _ = fs::remove_file(dir.join(super::index::index_name(&x.meta.key, x.meta.seq)));
+            let _ = fs::remove_file(&seg);
+        }
+        warnings.push(format!(
+            "{}: below the retention mark (removed before the last stop); {}",
+            seg.display(),
+            if opt.read_only { "skipped" } else { "removed" }
+        ));
+    }
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), String> {

@@ -27,6 +27,7 @@ pub(super) fn check_stripe(
     key: StripeKey,
     segs: Vec<Segment>,
     opt: Options,
+    mark: u64,
     warnings: &mut Vec<String>,
     corrupt: &mut bool,
 ) -> Result<StripeScan, String> {
@@ -69,7 +70,8 @@ pub(super) fn check_stripe(
             stopped = true;
         }
     }
-    if s.start.is_some_and(|st| st > 0) {
+    // Below the retention mark, segments were removed on purpose.
+    if s.start.is_some_and(|st| st > mark) {
         warnings.push(format!(
             "stripe {stripe} of epoch {base} ({stripes} stripes) begins at id {}: the segments before it are missing",
             base + ids::id_of(stripe, s.start.unwrap_or(0), stripes)
