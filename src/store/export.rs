@@ -51,7 +51,7 @@ pub const WINDOW_MAX: usize = 1 << 20;
 
 /// Every usage in the segments of `segs` in id order to `out` in `format`, in writes of
 /// about 32 KiB. `epochs` are the `(base, stripes)` to export, in id order (as
-/// [`Store::epochs`] lists them); a segment's records are read up to its sealed length, so
+/// [`super::Store::epochs`] lists them); a segment's records are read up to its sealed length, so
 /// what a read-only recovery left out of the table (a torn tail, what follows corruption) is
 /// left out here. `Err` also if a segment does not hold what the table says (changed under
 /// the export).

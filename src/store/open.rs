@@ -42,7 +42,7 @@ pub struct Journal<'a> {
     /// `--cache`.
     pub cache_bytes: u64,
     /// `--retain`, `--retain-bytes`: segments seal early enough for each to be a small part
-    /// of what is kept (see [`setups`]).
+    /// of what is kept.
     pub retain: Option<std::time::Duration>,
     pub retain_bytes: Option<u64>,
 }
