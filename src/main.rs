@@ -105,6 +105,11 @@ fn serve(config: &Config) -> Result<(), String> {
         Ok(sig) => eprintln!("usaged: signal {sig}, draining"),
         Err(e) => eprintln!("usaged: sigwait failed: {e}; shutting down"),
     }
+    // Retention first: it must not remove what the stop's last seals leave, nor outlive the
+    // directory's lock.
+    if let Some(mut r) = retainer {
+        r.stop();
+    }
     running.stop();
     eprintln!("usaged: stopped");
     Ok(())

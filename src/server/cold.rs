@@ -75,6 +75,8 @@ pub struct ColdReads {
     tx: Option<Sender<(Ask, Instant)>>,
     done: DoneList,
     thread: Option<JoinHandle<()>>,
+    /// Says when the thread is done (so a stop can wait with a deadline).
+    finished: Receiver<()>,
     /// Asked and not yet collected.
     pending: usize,
 }
@@ -89,13 +91,18 @@ impl ColdReads {
         let (tx, rx) = mpsc::channel();
         let done: DoneList = Arc::default();
         let d = Arc::clone(&done);
+        let (finished_tx, finished) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("usaged-reader-{worker}"))
-            .spawn(move || serve(source, &rx, &d, &wake, worker))?;
+            .spawn(move || {
+                serve(source, &rx, &d, &wake, worker);
+                let _ = finished_tx.send(());
+            })?;
         Ok(ColdReads {
             tx: Some(tx),
             done,
             thread: Some(thread),
+            finished,
             pending: 0,
         })
     }
@@ -123,18 +130,25 @@ impl ColdReads {
         self.pending -= into.len() - before;
     }
 
-    /// Stop the thread once the reads asked are done.
-    pub fn stop(&mut self) {
+    /// Stop the thread once the reads asked are done, waiting until `deadline` at most: a
+    /// read stuck on a dying disk is left behind (the process exits without it).
+    pub fn stop(&mut self, deadline: Instant) -> bool {
         self.tx = None;
-        if let Some(t) = self.thread.take() {
+        let Some(t) = self.thread.take() else {
+            return true;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if self.finished.recv_timeout(left).is_ok() {
             let _ = t.join();
+            return true;
         }
+        false
     }
 }
 
 impl Drop for ColdReads {
     fn drop(&mut self) {
-        self.stop();
+        self.stop(Instant::now() + std::time::Duration::from_secs(1));
     }
 }
 

@@ -432,7 +432,6 @@ impl Worker {
     /// The worker's last act: the records not yet handed over go to the journal thread, which
     /// writes them, releases the lease and syncs.
     fn finish(&mut self, app: &mut App) {
-        self.cold.stop();
         if let Some(log) = self.access.as_mut() {
             log.turn(u64::MAX);
         }
@@ -451,6 +450,14 @@ impl Worker {
                     self.index
                 );
             }
+        }
+        // After the journal: every request was answered, so no read is waited for.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        if !self.cold.stop(deadline) {
+            eprintln!(
+                "usaged: worker {}: the reader thread is stuck in a read; exiting without it",
+                self.index
+            );
         }
     }
 

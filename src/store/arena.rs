@@ -499,15 +499,21 @@ impl StripeWriter {
         let stripe = &self.store.epochs[self.epoch].stripes[self.stripe as usize];
         let end = (k + 1) << stripe.chunk_bits;
         if self.store.journaled && end > stripe.link.sealed_end.load(Ordering::Acquire) {
+            // Nothing to recycle until the journal seals: ask it to (it looks even when no
+            // batch comes).
+            stripe.link.want_seal.store(true, Ordering::Relaxed);
             return Err(StoreFull);
         }
-        let f = (k % stripe.frames.len() as u64) as usize;
-        stripe.frames[f].base.store(EMPTY, Ordering::Relaxed); // W1
-        fence(Ordering::Release); // W2
-        self.strings.free_frame(f); // W3
         if !self.store.journaled {
+            // Expired before it leaves RAM: a reader in between gets 410, never 404.
             stripe.link.expired_below.fetch_max(end, Ordering::Release);
         }
+        let f = (k % stripe.frames.len() as u64) as usize;
+        // Release: a reader that sees EMPTY and goes to the segment table finds the segment
+        // (inserted before the `sealed_end` this writer loaded above).
+        stripe.frames[f].base.store(EMPTY, Ordering::Release); // W1
+        fence(Ordering::Release); // W2
+        self.strings.free_frame(f); // W3
         self.oldest = k + 1;
         stripe
             .resident_from

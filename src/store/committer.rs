@@ -48,6 +48,9 @@ pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 pub const STALL_MS: u64 = 1000;
 /// How often the journal looks whether its segment was deleted or replaced (two `stat`s).
 const LINK_CHECK: Duration = Duration::from_millis(50);
+/// How often an idle journal thread looks whether its worker wants the segment sealed (the
+/// worker's cache cannot recycle until it is).
+const SEAL_LOOK: Duration = Duration::from_millis(100);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -348,16 +351,19 @@ fn run(shared: &Shared, mut seg: Segment) {
             if h.stop {
                 break None;
             }
-            match seg.due_in(Instant::now()) {
-                Some(d) if d.is_zero() => break None,
-                Some(d) => {
-                    h = shared
-                        .cv
-                        .wait_timeout(h, d)
-                        .map_or_else(|p| p.into_inner().0, |r| r.0)
-                }
-                None => h = shared.cv.wait(h).unwrap_or_else(|p| p.into_inner()),
+            if seg.seal_wanted() {
+                break None;
             }
+            // Never sleeps past `SEAL_LOOK`: the worker may want a seal while no batch comes.
+            let wait = match seg.due_in(Instant::now()) {
+                Some(d) if d.is_zero() => break None,
+                Some(d) => d.min(SEAL_LOOK),
+                None => SEAL_LOOK,
+            };
+            h = shared
+                .cv
+                .wait_timeout(h, wait)
+                .map_or_else(|p| p.into_inner().0, |r| r.0);
         };
         let stop = h.stop;
         drop(h);

@@ -136,18 +136,7 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
     let mut corrupt = false;
     let (by_stripe, aside) = list(dir, opt, &mut warnings)?;
     let mut scans: BTreeMap<StripeKey, StripeScan> = BTreeMap::new();
-    let marks = match Marks::load(dir) {
-        Ok(m) => m,
-        Err(e) => {
-            // Its marks said which ids answer 410; without them the ids of segments removed
-            // answer 404 (the id floor still comes from the segments left).
-            warnings.push(format!(
-                "{}: {e}; ignored",
-                dir.join(retention::FILE).display()
-            ));
-            Marks::default()
-        }
-    };
+    let (mut marks, rebuild) = load_marks(dir, &mut warnings)?;
     for (key, (scan, w, c)) in check_stripes(by_stripe, opt, &marks) {
         warnings.extend(w);
         corrupt |= c;
@@ -158,14 +147,22 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
             stripes,
             stripe,
         });
-        finish_removal(
-            &mut scan,
-            mark.copied().unwrap_or(0),
-            dir,
-            opt,
-            &mut warnings,
-        );
+        let mark = (mark.copied().unwrap_or(0), marks.id_floor);
+        finish_removal(&mut scan, mark, dir, opt, &mut warnings);
         scans.insert(key, scan);
+    }
+    if rebuild {
+        // Each stripe's first slot left is where retention had got to.
+        for (&(base, stripes, stripe), scan) in &scans {
+            if let Some(st) = scan.start.filter(|&st| st > 0) {
+                let key = Header {
+                    base,
+                    stripes,
+                    stripe,
+                };
+                marks.below.insert(key, st);
+            }
+        }
     }
     // Bytes moved aside by an earlier repair still count: ids in them are never given again
     // (the repair's new epoch, once its segments exist, records that floor too). They are
@@ -173,7 +170,7 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
     for (key, bytes) in aside {
         scans.entry(key).or_default().lost_bytes += bytes;
     }
-    let plan = plan(&scans, opt.stripes, marks.id_floor)?;
+    let plan = plan(&scans, opt.stripes, &marks)?;
     if plan.fresh && !scans.is_empty() && !opt.read_only {
         let &(base, n) = plan.epochs.last().expect("an epoch");
         warnings.push(format!(
@@ -267,8 +264,10 @@ struct Plan {
 fn plan(
     scans: &BTreeMap<StripeKey, StripeScan>,
     stripes: u32,
-    id_floor: u64,
+    marks: &Marks,
 ) -> Result<Plan, String> {
+    let id_floor = marks.id_floor;
+    let removed_bases: Vec<u64> = marks.below.keys().map(|k| k.base).collect();
     // Every id any earlier run may have handed out lies at or below `floor` (retention's
     // floor covers the ids of segments it removed).
     let mut floor = id_floor;
@@ -308,7 +307,15 @@ fn plan(
             .map(|(&(b, n, _), s)| top(b, n, s))
             .max()
             .unwrap_or(0);
-        n == stripes && !unclean[&(base, n)] && max_of_others <= base
+        // Every stripe must still have a segment (one retention emptied has no lease or last
+        // id left to go on from), and no epoch retention removed may lie above this one.
+        let all_stripes = (0..n).all(|s| scans.contains_key(&(base, n, s)));
+        let none_removed_above = removed_bases.iter().all(|&b| b <= base);
+        n == stripes
+            && all_stripes
+            && none_removed_above
+            && !unclean[&(base, n)]
+            && max_of_others <= base
     });
     if continues {
         return Ok(Plan {
@@ -408,11 +415,16 @@ fn build(
                 last_id: x.last_id,
                 next_slot: next(&scans, (base, n, s)),
             },
+            // A new epoch: every stripe starts at slot 0.
             _ => Continue {
                 seq: scan.map_or(0, |x| x.next_seq),
                 lease: 0,
                 last_id: 0,
-                next_slot: 0,
+                next_slot: if plan.fresh {
+                    0
+                } else {
+                    next(&scans, (base, n, s))
+                },
             },
         });
     }
@@ -432,13 +444,38 @@ fn build(
     })
 }
 
+/// Retention's marks, and whether they must be rebuilt from the segments left (`RETAINED`
+/// is damaged: a warning). A file that cannot be read refuses the start: starting without
+/// its marks would answer `404` where `410` was answered.
+fn load_marks(dir: &Path, warnings: &mut Vec<String>) -> Result<(Marks, bool), String> {
+    let path = dir.join(retention::FILE);
+    match fs::read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Marks::default(), false)),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Ok(b) => match Marks::decode(&b) {
+            Ok(m) => Ok((m, false)),
+            Err(e) => {
+                warnings.push(format!(
+                    "{}: {e}; rebuilt from the segments left",
+                    path.display()
+                ));
+                Ok((Marks::default(), true))
+            }
+        },
+    }
+}
+
 /// `layout` with a stub for every epoch retention removed whole (no segment left): its
 /// stripes hold nothing but answer `410` below their marks.
 fn with_removed_epochs(mut layout: Vec<EpochLayout>, marks: &Marks) -> Vec<EpochLayout> {
     let mut stubs: BTreeMap<(u64, u32), Vec<u64>> = BTreeMap::new();
     for (k, &below) in &marks.below {
-        if layout.iter().any(|l| l.base == k.base) {
+        // A mark of 0 removed nothing that had ids; an epoch of that base is kept already.
+        if below == 0 || layout.iter().any(|l| l.base == k.base) {
             continue;
+        }
+        if stubs.keys().any(|&(b, n)| b == k.base && n != k.stripes) {
+            continue; // two layouts at one base: only one can have held ids
         }
         let ends = stubs
             .entry((k.base, k.stripes))
@@ -466,13 +503,17 @@ fn with_removed_epochs(mut layout: Vec<EpochLayout>, marks: &Marks) -> Vec<Epoch
 /// then begins at the mark.
 fn finish_removal(
     s: &mut StripeScan,
-    mark: u64,
+    (mark, id_floor): (u64, u64),
     dir: &Path,
     opt: Options,
     warnings: &mut Vec<String>,
 ) {
+    // Retention's floor covers every id and lease of what it removed: a segment past it was
+    // never picked, whatever its slots say.
     let below = |m: &super::index::Meta| {
-        m.first_slot + m.records <= mark && (m.records > 0 || m.first_slot < mark)
+        let slots_below =
+            m.first_slot + m.records <= mark && (m.records > 0 || m.first_slot < mark);
+        slots_below && m.last_id.max(m.lease) <= id_floor
     };
     let n = s.sealed.iter().take_while(|x| below(&x.meta)).count();
     for x in s.sealed.drain(..n) {

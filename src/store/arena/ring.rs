@@ -315,8 +315,10 @@ impl Stripe {
             Tag::Num => StoredPatient::Num(r.patient),
             Tag::Inline => {
                 let n = usize::from(r.meta.inline_len);
+                let bytes = r.patient.to_le_bytes();
+                let src = bytes.get(..n)?; // at most 8: checked before `p` is indexed
                 let mut p = [0; MAX_STR];
-                p[..n].copy_from_slice(r.patient.to_le_bytes().get(..n)?);
+                p[..n].copy_from_slice(src);
                 StoredPatient::Str(p, n)
             }
             Tag::Interned => {

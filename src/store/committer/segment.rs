@@ -250,13 +250,19 @@ impl Segment {
         }
     }
 
-    /// No batch came: sync what is due, and seal a segment whose time has come.
+    /// The worker asked for a seal and the segment holds usages to seal.
+    pub(super) fn seal_wanted(&self) -> bool {
+        !self.sealed && self.builder.records() > 0 && self.link.want_seal.load(Ordering::Relaxed)
+    }
+
+    /// No batch came: sync what is due, and seal a segment whose time has come or that the
+    /// worker wants sealed (`ready` rolls it).
     pub(super) fn idle(&mut self) -> io::Result<()> {
         self.sync()?;
-        if self
+        let due = self
             .seal_due_in(Instant::now())
-            .is_some_and(|d| d.is_zero())
-        {
+            .is_some_and(|d| d.is_zero());
+        if self.seal_wanted() || due {
             self.ready()?;
         }
         Ok(())

@@ -77,7 +77,7 @@ pub(super) fn check_stripe(
             base + ids::id_of(stripe, s.start.unwrap_or(0), stripes)
         ));
     }
-    s.sealed = seal_all(kept, s.start.unwrap_or(0), opt, warnings);
+    s.sealed = seal_all(kept, s.start, opt, warnings);
     Ok(s)
 }
 
@@ -167,8 +167,16 @@ fn scan(
 /// slot the stripe is at there (`start` before its first usage). A scanned one is synced and
 /// its index written (unless read-only; a failed write only costs a warning: its entries stay
 /// in RAM and the next start scans it again).
-fn seal_all(kept: Vec<Kept>, start: u64, opt: Options, warnings: &mut Vec<String>) -> Vec<Sealed> {
-    let mut at = start;
+fn seal_all(
+    kept: Vec<Kept>,
+    start: Option<u64>,
+    opt: Options,
+    warnings: &mut Vec<String>,
+) -> Vec<Sealed> {
+    // No usage kept: where the stripe is comes from the first index that says so.
+    let mut at = start
+        .or_else(|| kept.iter().find(|k| !k.scanned).map(|k| k.meta.first_slot))
+        .unwrap_or(0);
     let mut out = Vec::with_capacity(kept.len());
     for mut k in kept {
         if k.meta.records == 0 {

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod indexed;
+mod retained;
 
 /// A fresh, empty directory under the system temp dir (also for the `open` and `export`
 /// tests).
