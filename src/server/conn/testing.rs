@@ -100,7 +100,11 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Self {
-        let store = Arc::new(Store::new(1));
+        Fixture::with_store(Arc::new(Store::new(1)))
+    }
+
+    /// A fixture over `store` (its last epoch's stripe 0 is this worker's).
+    pub fn with_store(store: Arc<Store>) -> Self {
         Fixture {
             app: App::new(
                 Arc::clone(&store),

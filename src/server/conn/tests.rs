@@ -1,6 +1,8 @@
 use super::testing::{Fixture, HEALTH, MockSock, POST, statuses};
 use super::*;
 use crate::http::response;
+use crate::store::Store;
+use crate::store::cold::ColdRead;
 
 struct Harness {
     fx: Fixture,
@@ -200,4 +202,99 @@ fn draining_answers_what_was_read_and_refuses_what_comes_after() {
         text.matches("Connection: close").count() == 1,
         "the 503 closes"
     );
+}
+
+/// A store whose first epoch (base 0, one stripe) is all on disk: ids 1..=10 are cold.
+fn cold_fixture() -> Fixture {
+    use crate::store::EpochLayout;
+    let layouts = [
+        EpochLayout {
+            base: 0,
+            starts: vec![10],
+            ends: Some(vec![10]),
+        },
+        EpochLayout {
+            base: 1000,
+            starts: vec![0],
+            ends: None,
+        },
+    ];
+    Fixture::with_store(std::sync::Arc::new(Store::with_epochs(&layouts)))
+}
+
+fn a_usage() -> crate::store::StoredUsage {
+    use crate::json::scan::{Patient, Usage};
+    crate::store::StoredUsage::from_usage(&Usage {
+        patient: Patient::Num(7),
+        timestamp: crate::time::Timestamp {
+            ms: 0,
+            offset_min: 60,
+        },
+        medication: b"Cold",
+    })
+}
+
+#[test]
+fn a_cold_get_parks_the_connection_and_its_answer_keeps_its_place() {
+    let mut h = Harness {
+        fx: cold_fixture(),
+        conn: Conn::new(vec![0; DEFAULT_BUF].into_boxed_slice()),
+    };
+    let mut sock = MockSock::default();
+    let mut reqs = b"GET /api/usages/3 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    reqs.extend_from_slice(HEALTH);
+    sock.input.push_back(reqs);
+    assert_eq!(h.ready(&mut sock, true), Next::Keep);
+    assert!(
+        sock.written.is_empty(),
+        "nothing answered past a parked request"
+    );
+    assert_eq!(h.conn.deadline().1, Timeout::Cold);
+    let (ask, ticket) = h.conn.take_ask().expect("a read to ask for");
+    assert_eq!((ask.id, ask.slot), (3, 2));
+    assert!(h.conn.take_ask().is_none(), "asked once");
+    assert!(
+        !h.conn.cold_done(ticket + 1, ColdRead::Missing),
+        "another ticket"
+    );
+    assert!(h.conn.cold_done(ticket, ColdRead::Found(a_usage())));
+    assert_eq!(h.ready(&mut sock, true), Next::Keep);
+    assert_eq!(statuses(&sock.written), vec!["200", "200"]);
+    let text = String::from_utf8(sock.written.clone()).unwrap();
+    let first = text.find("\"medication\":\"Cold\"").unwrap();
+    assert!(first < text.find("{\"status\":\"ok\"}").unwrap(), "{text}");
+    assert!(text.contains("{\"id\":3,\"patientId\":7,"), "{text}");
+}
+
+#[test]
+fn a_cold_read_that_does_not_come_back_is_a_503_and_the_connection_goes_on() {
+    let mut h = Harness {
+        fx: cold_fixture(),
+        conn: Conn::new(vec![0; DEFAULT_BUF].into_boxed_slice()),
+    };
+    let mut sock = MockSock::default();
+    let mut reqs = b"GET /api/usages/5 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    reqs.extend_from_slice(HEALTH);
+    sock.input.push_back(reqs);
+    h.ready(&mut sock, true);
+    let (_, ticket) = h.conn.take_ask().unwrap();
+    let mut ctx = h.fx.ctx();
+    assert_eq!(h.conn.on_timeout(&mut ctx), Next::Keep);
+    let timed_out = std::mem::take(&mut h.fx.out);
+    assert_eq!(statuses(&timed_out), vec!["503"]);
+    let text = String::from_utf8(timed_out).unwrap();
+    assert!(text.contains("Retry-After: 1"), "{text}");
+    assert!(h.conn.take_more(), "driven again for what follows");
+    assert!(!h.conn.cold_done(ticket, ColdRead::Missing), "too late");
+    assert_eq!(h.ready(&mut sock, true), Next::Keep);
+    assert_eq!(statuses(&sock.written), vec!["200"]);
+    // Unreadable on disk: 500, the connection kept.
+    sock.written.clear();
+    sock.input
+        .push_back(b"GET /api/usages/7 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
+    h.ready(&mut sock, true);
+    let (_, ticket) = h.conn.take_ask().unwrap();
+    assert!(h.conn.cold_done(ticket, ColdRead::Unreadable("bad".into())));
+    assert_eq!(h.ready(&mut sock, true), Next::Keep);
+    assert_eq!(statuses(&sock.written), vec!["500"]);
 }
