@@ -127,6 +127,11 @@ fn upgrade(name: &str) {
     assert_eq!(r.status, 200);
     want.insert(new_id, r.text());
     assert!(s.stop().success());
+    // The first start indexed every segment the old build wrote (and sealed its own).
+    for seg in files(&dir).keys().filter(|n| n.ends_with(".seg")) {
+        let idx = seg.replace(".seg", ".idx");
+        assert!(dir.join(&idx).exists(), "{name}: {seg} has no index");
+    }
     let all: Vec<String> = want.values().cloned().collect();
     assert_eq!(export(&dir), all, "{name}: export after the upgrade");
 
