@@ -25,7 +25,12 @@
 //!    the end of their own turn.
 //!
 //! A `GET /api/usages/{id}` takes steps 1–3, then [`app::usages::get`] reads the stripe that
-//! owns the id (any worker's, wait-free) and answers at step 7.
+//! owns the id (any worker's cache, wait-free) and answers at step 7; an id no longer in RAM is
+//! read from its sealed journal segment ([`store::cold`]) by the worker's reader thread
+//! ([`server::cold`]) while its connection waits, and answered when the read is back. When a
+//! segment seals, the journal thread indexes it ([`store::index`]) and puts it in the
+//! [`store::segments`] table, and the cache may recycle its slots; [`store::retention`]
+//! removes old segments.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
