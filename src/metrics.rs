@@ -315,6 +315,18 @@ impl Metrics {
     }
 }
 
+/// A histogram's family name and its `_bucket`, `_sum` and `_count` sample names.
+macro_rules! histogram_names {
+    ($name:literal) => {
+        [
+            $name,
+            concat!($name, "_bucket"),
+            concat!($name, "_sum"),
+            concat!($name, "_count"),
+        ]
+    };
+}
+
 /// The families of a scrape, in the order they are rendered.
 impl Writer<'_> {
     /// `usaged_requests_total` by route and status class.
@@ -338,7 +350,7 @@ impl Writer<'_> {
     /// The latency histogram: cumulative buckets, sum and count.
     fn latency(&mut self, t: &Totals) {
         self.histogram(
-            "usaged_request_duration_seconds",
+            histogram_names!("usaged_request_duration_seconds"),
             "Server time per request, from the read that brought its first byte to its answer being queued.",
             &t.cells[HIST..HIST + BUCKET_COUNT],
             t.cells[HIST_SUM_NS],
@@ -360,28 +372,25 @@ impl Writer<'_> {
             );
         }
         self.histogram(
-            "usaged_cold_read_duration_seconds",
+            histogram_names!("usaged_cold_read_duration_seconds"),
             "Time from a cold read being asked of the reader thread to its result.",
             &t.cells[COLD_HIST..COLD_HIST + BUCKET_COUNT],
             t.cells[COLD_SUM_NS],
         );
     }
 
-    /// A histogram family `name` of `buckets` (not cumulative) and their sum in ns.
-    fn histogram(&mut self, name: &str, help: &str, buckets: &[u64], sum_ns: u64) {
+    /// A histogram family of `buckets` (not cumulative) and their sum in ns; `names` as
+    /// [`histogram_names!`] makes them (no name is built per scrape).
+    fn histogram(&mut self, names: [&str; 4], help: &str, buckets: &[u64], sum_ns: u64) {
+        let [name, bucket, sum, count] = names;
         self.family(name, "histogram", help);
-        let (bucket, sum, count) = (
-            format!("{name}_bucket"),
-            format!("{name}_sum"),
-            format!("{name}_count"),
-        );
         let mut cumulative = 0;
         for (b, le) in buckets.iter().zip(BUCKET_LABELS) {
             cumulative += b;
-            self.sample(&bucket, &[("le", le)], cumulative);
+            self.sample(bucket, &[("le", le)], cumulative);
         }
-        self.seconds(&sum, sum_ns);
-        self.sample(&count, &[], cumulative);
+        self.seconds(sum, sum_ns);
+        self.sample(count, &[], cumulative);
     }
 
     /// Every family of [`COUNTERS`]: one sample each.

@@ -4,9 +4,9 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use util::{Client, README_BODY, Server, get, post};
+use util::{Client, README_BODY, Server, get, post, segments};
 
 const HEADER: usize = 32;
 const FRAME: usize = 6;
@@ -38,16 +38,6 @@ fn usage_records(bytes: &[u8]) -> Vec<(usize, u64)> {
         at += FRAME + len;
     }
     out
-}
-
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

@@ -520,16 +520,7 @@ impl Drop for TempDir {
     }
 }
 
-/// The `*.seg` files of `dir`, by name.
-pub fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    v.sort();
-    v
-}
+pub use crate::util::segments;
 
 /// A copy of the data directory `from` (its files; the lock file too).
 pub fn copy_dir(from: &Path) -> TempDir {

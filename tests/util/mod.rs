@@ -36,6 +36,17 @@ pub fn export_text(dir: &Path) -> String {
     String::from_utf8(out.stdout).expect("export prints UTF-8")
 }
 
+/// The `*.seg` files of `dir`, by name.
+pub fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
 /// A fresh directory for a server's journal.
 pub fn temp_data_dir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);

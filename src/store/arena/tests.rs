@@ -46,6 +46,11 @@ fn layout(stripes: usize) -> EpochLayout {
 }
 
 fn append(w: &mut StripeWriter, slot: u64) -> u64 {
+    try_append(w, slot).unwrap()
+}
+
+/// Append `usage_for(slot)`.
+fn try_append(w: &mut StripeWriter, slot: u64) -> Result<u64, StoreFull> {
     let (mut p, mut m) = (String::new(), String::new());
     let (timestamp, num) = usage_for(slot, &mut p, &mut m);
     let patient = if p.is_empty() {
@@ -58,7 +63,6 @@ fn append(w: &mut StripeWriter, slot: u64) -> u64 {
         timestamp,
         medication: m.as_bytes(),
     })
-    .unwrap()
 }
 
 #[test]

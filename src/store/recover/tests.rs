@@ -58,12 +58,16 @@ pub fn run(dir: &Path, stripes: u32, n: u64) -> Vec<u64> {
     run_with(dir, stripes, n, journal::SEGMENT_BYTES)
 }
 
-/// [`run`] with segments rolling past `segment_bytes`.
-pub fn run_with(dir: &Path, stripes: u32, n: u64, segment_bytes: u64) -> Vec<u64> {
-    let r = recover(dir, opts(stripes)).unwrap();
-    let mut ids = Vec::new();
-    let mut writers = r.writers;
-    let mut committers: Vec<Committer> = writers
+/// A journal thread for each writer of recovery `r` (segments rolling past
+/// `segment_bytes`), as `open` sets them up.
+fn start_journals(
+    dir: &Path,
+    r: &Recovered,
+    writers: &mut [StripeWriter],
+    segment_bytes: u64,
+) -> Vec<Committer> {
+    let stripes = writers.len() as u32;
+    writers
         .iter_mut()
         .enumerate()
         .map(|(s, w)| {
@@ -89,7 +93,15 @@ pub fn run_with(dir: &Path, stripes: u32, n: u64, segment_bytes: u64) -> Vec<u64
             };
             Committer::start(setup, Arc::new(Status::default()), Box::new(|| {})).unwrap()
         })
-        .collect();
+        .collect()
+}
+
+/// [`run`] with segments rolling past `segment_bytes`.
+pub fn run_with(dir: &Path, stripes: u32, n: u64, segment_bytes: u64) -> Vec<u64> {
+    let mut r = recover(dir, opts(stripes)).unwrap();
+    let mut ids = Vec::new();
+    let mut writers = std::mem::take(&mut r.writers);
+    let mut committers = start_journals(dir, &r, &mut writers, segment_bytes);
     let mut m = String::new();
     for i in 0..n {
         let w = &mut writers[(i % stripes as u64) as usize];

@@ -187,21 +187,6 @@ fn a_quarter_of_the_pool_unsealed_asks_for_the_seal() {
     assert!(!link.want_seal.load(Ordering::Relaxed));
 }
 
-fn try_append(w: &mut StripeWriter, slot: u64) -> Result<u64, StoreFull> {
-    let (mut p, mut m) = (String::new(), String::new());
-    let (timestamp, num) = usage_for(slot, &mut p, &mut m);
-    let patient = if p.is_empty() {
-        Patient::Num(num)
-    } else {
-        Patient::Str(p.as_bytes())
-    };
-    w.append(&Usage {
-        patient,
-        timestamp,
-        medication: m.as_bytes(),
-    })
-}
-
 /// Old epochs hold nothing: their slots are cold whatever a writer appends to them; the
 /// current epoch's stripes share the cache.
 #[test]

@@ -193,35 +193,9 @@ fn a_cache_filled_by_one_batch_is_never_sealed() {
 /// Run `n` usages through stripe 0 only of a 2-stripe run (stripe 1's segment holds its
 /// lease alone), then stop cleanly.
 fn run_stripe0_only(dir: &Path, n: u64) -> Vec<u64> {
-    let r = recover(dir, opts(2)).unwrap();
-    let mut writers = r.writers;
-    let mut cs: Vec<Committer> = writers
-        .iter_mut()
-        .enumerate()
-        .map(|(s, w)| {
-            w.enable_journal();
-            let c = r.journals[s];
-            let setup = committer::Setup {
-                dir: dir.to_path_buf(),
-                header: Header {
-                    stripes: 2,
-                    stripe: s as u32,
-                    base: r.base,
-                },
-                seq: c.seq,
-                sync: SyncMode::Never,
-                segment_bytes: journal::SEGMENT_BYTES,
-                seal_after: None,
-                lease: c.lease,
-                last_id: c.last_id,
-                worker: s,
-                first_slot: c.next_slot,
-                link: Arc::new(StripeLink::new(c.next_slot, 0)),
-                segments: Arc::clone(&r.segments),
-            };
-            Committer::start(setup, Arc::new(Status::default()), Box::new(|| {})).unwrap()
-        })
-        .collect();
+    let mut r = recover(dir, opts(2)).unwrap();
+    let mut writers = std::mem::take(&mut r.writers);
+    let mut cs = start_journals(dir, &r, &mut writers, journal::SEGMENT_BYTES);
     let mut m = String::new();
     let ids: Vec<u64> = (0..n)
         .map(|i| writers[0].append(&usage(i, &mut m)).unwrap())
