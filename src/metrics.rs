@@ -459,6 +459,14 @@ impl Writer<'_> {
             "Usages held in the cache (answered from RAM).",
         );
         self.sample("usaged_cache_usages", &[], store.cache_usages());
+        let l = store.layout();
+        let (node, nodes) = (l.node.to_string(), l.nodes.to_string());
+        self.family(
+            "usaged_node_info",
+            "gauge",
+            "This node's place in the cluster (--node of --nodes); always 1.",
+        );
+        self.sample("usaged_node_info", &[("node", &node), ("nodes", &nodes)], 1);
     }
 
     /// Sealed segments on disk, and what retention removed.
