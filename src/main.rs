@@ -18,6 +18,7 @@ use usaged::store::Store;
 use usaged::store::arena::MIN_CACHE_PER_WORKER;
 use usaged::store::export;
 use usaged::store::open::{self, Opened};
+use usaged::store::recover::Cluster;
 
 fn main() -> ExitCode {
     let env_port = std::env::var("PORT").ok();
@@ -138,7 +139,8 @@ fn raise_open_files() -> String {
 fn open_store(config: &Config) -> Result<Opened, String> {
     let stripes = server::worker_count(config) as u32;
     if config.in_memory {
-        return Ok(open::in_memory(stripes, config.cache_bytes));
+        let c = cluster(config);
+        return Ok(open::in_memory_node(c, stripes, config.cache_bytes));
     }
     open::journaled(stripes, &journal(config))
 }
@@ -153,6 +155,16 @@ fn journal(config: &Config) -> open::Journal<'_> {
         cache_bytes: config.cache_bytes,
         retain: config.retain,
         retain_bytes: config.retain_bytes,
+        cluster: cluster(config),
+    }
+}
+
+/// `--nodes`, `--node`, `--cluster-base`.
+fn cluster(config: &Config) -> Cluster {
+    Cluster {
+        nodes: config.nodes,
+        node: config.node,
+        base: config.cluster_base,
     }
 }
 

@@ -49,6 +49,7 @@ fn opts(stripes: u32) -> Options {
         repair: false,
         read_only: false,
         cache_bytes: crate::store::arena::DEFAULT_CACHE,
+        cluster: crate::store::recover::Cluster::SINGLE,
     }
 }
 
@@ -260,6 +261,7 @@ fn corruption_in_the_middle_stops_the_start_unless_repair() {
             repair: false,
             read_only: true,
             cache_bytes: crate::store::arena::DEFAULT_CACHE,
+            cluster: crate::store::recover::Cluster::SINGLE,
         },
     )
     .unwrap();
@@ -277,6 +279,7 @@ fn corruption_in_the_middle_stops_the_start_unless_repair() {
             repair: true,
             read_only: false,
             cache_bytes: crate::store::arena::DEFAULT_CACHE,
+            cluster: crate::store::recover::Cluster::SINGLE,
         },
     )
     .unwrap();
