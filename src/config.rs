@@ -261,8 +261,8 @@ struct Serve {
     /// dropped (and counted) if it falls behind [default: off]
     #[arg(long, value_name = "PATH")]
     access_log: Option<PathBuf>,
-    /// This server's number in a cluster of --nodes, from 0: it hands out the ids whose
-    /// (id - base - 1) mod --nodes is K
+    /// This server's number in the cluster, from 0 to N-1: it hands out the ids whose
+    /// (id - base - 1) mod N is K
     #[arg(long, value_name = "K", default_value = "0", allow_negative_numbers = true,
           value_parser = count(0, 63))]
     node: usize,
