@@ -97,6 +97,7 @@ fn serve(config: &Config) -> Result<(), String> {
     if let Some(d) = disk {
         running.metrics.set_disk(d);
     }
+    print_node(&stats_store);
     print_started(config, &running, &nofile);
     if let Some(every) = config.stats {
         let metrics = Arc::clone(&running.metrics);
@@ -205,6 +206,21 @@ fn print_started(config: &Config, running: &Running, nofile: &str) {
         "listening on {} ({} workers)",
         running.addr, running.workers
     );
+}
+
+/// In a cluster: the node, the owner rule of its epoch and the ids it has left (stderr).
+fn print_node(store: &Store) {
+    let l = store.layout();
+    let Some(&(base, _)) = store.epochs().last() else {
+        return;
+    };
+    if l.nodes > 1 {
+        let left = usaged::store::ids::MAX_ID.saturating_sub(base) / u64::from(l.nodes);
+        eprintln!(
+            "usaged: node {} of {}: ids with (id - {} - 1) mod {} = {}; {left} ids left to 2^53",
+            l.node, l.nodes, base, l.nodes, l.node
+        );
+    }
 }
 
 /// `--stats`: one line to stderr every `every`, about the interval just ended.

@@ -77,7 +77,11 @@ fn two_nodes_hand_out_disjoint_ids_and_answer_only_their_own() {
         ids[k].extend(post_n(&mut s.connect(), 100));
     }
     check(&mut nodes, &ids);
-    for s in &mut nodes {
+    // `export` reads a node's directory: its own usages, all of them.
+    for (k, s) in nodes.iter_mut().enumerate() {
+        assert!(s.stop().success());
+        let lines = util::export_text(&s.data_dir).lines().count();
+        assert_eq!(lines, ids[k].len(), "node {k}");
         s.keep_data = false;
     }
 }
