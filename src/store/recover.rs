@@ -137,6 +137,17 @@ struct StripeScan {
 
 /// Rebuild the store from the segments in `dir` (which must exist).
 pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
+    let node = opt.cluster.layout(opt.stripes);
+    if u64::from(node.nodes) * u64::from(node.workers) > u64::from(MAX_STRIPES) {
+        // A segment header names the epoch's stripes: past the bound, no start could read it.
+        return Err(format!(
+            "--nodes {} with {} workers makes {} stripes, more than the journal's {MAX_STRIPES}: \
+             use fewer --threads",
+            node.nodes,
+            node.workers,
+            u64::from(node.nodes) * u64::from(node.workers)
+        ));
+    }
     let started = Instant::now();
     let mut warnings = Vec::new();
     let mut corrupt = false;
@@ -177,7 +188,7 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
         scans.entry(key).or_default().lost_bytes += bytes;
     }
     let layout = opt.cluster.layout(opt.stripes);
-    let plan = plan(&scans, layout, opt.cluster.base, &marks)?;
+    let plan = plan(&scans, layout, opt.cluster.base, &marks, opt.read_only)?;
     if plan.fresh && !scans.is_empty() && !opt.read_only {
         let &(base, n) = plan.epochs.last().expect("an epoch");
         warnings.push(format!(

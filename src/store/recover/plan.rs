@@ -48,11 +48,14 @@ pub(super) struct Plan {
 }
 
 /// Phase 3: order the epochs and decide whether the last continues (see the module doc).
+/// `read_only` (export): no id is handed out, so the layout of the flags is not checked
+/// against the directory's.
 pub(super) fn plan(
     scans: &BTreeMap<StripeKey, StripeScan>,
     layout: Layout,
     cluster_base: Option<u64>,
     marks: &Marks,
+    read_only: bool,
 ) -> Result<Plan, String> {
     let id_floor = marks.id_floor;
     let removed_bases: Vec<u64> = marks.below.keys().map(|k| k.base).collect();
@@ -108,8 +111,8 @@ pub(super) fn plan(
         }
         None => {}
     }
-    if let Some(key) = latest {
-        check_layout(scans, key, layout)?;
+    if let Some(key) = latest.filter(|_| !read_only) {
+        check_layout(&traces(scans, marks, key), key, layout)?;
     }
     let continues = epochs.last().is_some_and(|&(base, n)| {
         let max_of_others = scans
@@ -170,13 +173,31 @@ fn latest_layout(scans: &BTreeMap<StripeKey, StripeScan>, marks: &Marks) -> Opti
     from_scans.chain(from_marks).max()
 }
 
-/// The newest epoch must be one this node (`--nodes`, `--node`) could have written: its
-/// stripes a multiple of the nodes, and every stripe of it on disk this node's.
-fn check_layout(
+/// The stripes of epoch `(base, n)` this directory has a trace of: a segment or a retention
+/// mark.
+fn traces(
     scans: &BTreeMap<StripeKey, StripeScan>,
+    marks: &Marks,
     (base, n): (u64, u32),
-    layout: Layout,
-) -> Result<(), String> {
+) -> Vec<u32> {
+    let from_scans = scans.keys().map(|&(b, m, g)| ((b, m), g));
+    let from_marks = marks.below.keys().map(|k| ((k.base, k.stripes), k.stripe));
+    let mut v: Vec<u32> = from_scans
+        .chain(from_marks)
+        .filter(|&(e, _)| e == (base, n))
+        .map(|(_, g)| g)
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The newest epoch must be one this node (`--nodes`, `--node`) could have written: its
+/// stripes a multiple of the nodes, and every stripe of it on disk (`traces`) this node's.
+/// A directory whose stripes (two or more) are exactly every `d`-th one, `d` past `--nodes`,
+/// is a node of `d` started with the wrong `--nodes` (an `--nodes 1` start of it would give
+/// the other nodes' ids again): refused too. (A node of one worker cannot be told apart.)
+fn check_layout(traces: &[u32], (base, n): (u64, u32), layout: Layout) -> Result<(), String> {
     if n % layout.nodes != 0 {
         return Err(format!(
             "the latest epoch (base {base}) has {n} stripes, not a multiple of --nodes {}: \
@@ -184,10 +205,7 @@ fn check_layout(
             layout.nodes
         ));
     }
-    let foreign = scans
-        .keys()
-        .find(|&&(b, m, g)| (b, m) == (base, n) && !layout.owns(g));
-    if let Some(&(_, _, g)) = foreign {
+    if let Some(&g) = traces.iter().find(|&&g| !layout.owns(g)) {
         return Err(format!(
             "the latest epoch (base {base}) holds stripe {g} of {n}, node {}'s with --nodes {}: \
              this is not --node {}'s directory (or --nodes is wrong)",
@@ -196,7 +214,26 @@ fn check_layout(
             layout.node
         ));
     }
+    let Some(&first) = traces.first() else {
+        return Ok(());
+    };
+    let d = traces.iter().fold(n, |d, &g| gcd(d, g - first));
+    // One stripe alone proves nothing: retention may have left no trace of the others.
+    if d > layout.nodes && traces.len() >= 2 && traces.len() as u32 == n / d {
+        return Err(format!(
+            "the latest epoch (base {base}) holds only every {d}th of its {n} stripes, from \
+             {first}: it looks like node {} of {d}, not --node {} of --nodes {} (pass \
+             --cluster-base to start a new layout)",
+            first % d,
+            layout.node,
+            layout.nodes
+        ));
+    }
     Ok(())
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// The highest id a stripe may have handed out: its last record or lease, or, when bytes of

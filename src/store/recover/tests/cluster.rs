@@ -119,6 +119,11 @@ fn a_layout_that_contradicts_the_directory_is_refused() {
         err.contains("--cluster-base 5") && named_floor(&err) >= 40,
         "{err}"
     );
+    // Forgetting --nodes would hand out the other node's ids.
+    let err = recover(&dir, node_opts(2, 1, 0, None)).err().unwrap();
+    assert!(err.contains("looks like node 1 of 2"), "{err}");
+    let err = recover(&dir, node_opts(65, 64, 1, None)).err().unwrap();
+    assert!(err.contains("4160 stripes"), "{err}");
     // The right flags go on in the same epoch.
     let r = recover(&dir, node_opts(2, 2, 1, None)).unwrap();
     assert_eq!((r.base, r.records), (0, 20));
