@@ -604,6 +604,7 @@ mod tests {
         assert!(text.contains("usaged_arena_bytes 0\n"));
         assert!(text.contains("usaged_cache_budget_bytes 536870912\n"));
         assert!(text.contains("usaged_cache_usages 0\n"));
+        assert!(text.contains("usaged_node_info{node=\"0\",nodes=\"1\"} 1\n"));
         assert_eq!(m.totals().errors(), 1);
         let b = m.totals().buckets();
         assert_eq!(Totals::quantile(&b, 0.5), Some(50e-6));
