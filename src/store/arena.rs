@@ -316,8 +316,8 @@ impl Store {
         self.writer(self.layout.global_stripe(w))
     }
 
-    /// The writer for `stripe` (global). Call once per stripe: two writers for one stripe would hand out
-    /// the same ids (the worker setup in `server` makes exactly one each).
+    /// The writer for `stripe` (global). Call once per stripe: two writers for one stripe would
+    /// hand out the same ids (the worker setup in `server` makes exactly one each).
     pub fn writer(self: &Arc<Self>, stripe: u32) -> StripeWriter {
         self.epoch_writer(self.epochs.len() - 1, stripe)
     }

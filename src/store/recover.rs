@@ -21,10 +21,10 @@
 //!    epoch continues only when this run has its stripe count and none of its stripes may have
 //!    handed out ids past its last record (a lease ahead of it, or a repair that moved records
 //!    aside); otherwise a new epoch starts past every id and lease seen, and past every id the
-//!    moved-aside bytes could hold. In a cluster ([`Cluster`]) a node has
-//!    only its own stripes of each epoch (`--nodes` × its workers, every `--nodes`-th from
-//!    `--node`); its new epoch's base keeps the residue of the last one mod `--nodes`, or is
-//!    `--cluster-base`; a directory that contradicts `--nodes`/`--node` is refused.
+//!    moved-aside bytes could hold. In a cluster ([`Cluster`]) a node has only its own stripes
+//!    of each epoch (of `--nodes` × its workers, every `--nodes`-th from `--node`); its new
+//!    epoch's base keeps the residue of the last one mod `--nodes`, or is `--cluster-base`; a
+//!    directory that contradicts `--nodes`/`--node` is refused.
 //! 4. `build`: the segment table (every kept segment, sealed) and an empty store: the current
 //!    epoch's stripes go on at their next slot; every usage stored before lies in a segment
 //!    (cold). Nothing is read back into memory.
