@@ -51,6 +51,12 @@ pub struct Config {
     pub stats: Option<Duration>,
     /// `--access-log PATH` (`-`: stdout).
     pub access_log: Option<PathBuf>,
+    /// `--nodes`: servers in the cluster (1: alone).
+    pub nodes: u32,
+    /// `--node`: this server's number in the cluster, below `nodes`.
+    pub node: u32,
+    /// `--cluster-base`: start a new cluster epoch at this base.
+    pub cluster_base: Option<u64>,
 }
 
 impl Default for Config {
@@ -99,7 +105,14 @@ pub fn parse(
                     .parse()
                     .map_err(|_| format!("invalid PORT environment variable: {p:?}"))?,
             };
-            Ok(Command::Serve(Box::new(cli.serve.into_config(env_port))))
+            let config = cli.serve.into_config(env_port);
+            if config.node >= config.nodes {
+                return Err(format!(
+                    "invalid value '{}' for '--node <K>': must be below --nodes ({}) (see --help)",
+                    config.node, config.nodes
+                ));
+            }
+            Ok(Command::Serve(Box::new(config)))
         }
     }
 }
@@ -248,6 +261,20 @@ struct Serve {
     /// dropped (and counted) if it falls behind [default: off]
     #[arg(long, value_name = "PATH")]
     access_log: Option<PathBuf>,
+    /// This server's number in the cluster, from 0 to N-1: it hands out the ids whose
+    /// (id - base - 1) mod N is K
+    #[arg(long, value_name = "K", default_value = "0", allow_negative_numbers = true,
+          value_parser = count(0, 63))]
+    node: usize,
+    /// Servers in the cluster, 1 to 64; every node of a cluster epoch must be given the same
+    #[arg(long, value_name = "N", default_value = "1", allow_negative_numbers = true,
+          value_parser = count(1, 64))]
+    nodes: usize,
+    /// Start a new cluster epoch whose ids are past B (growing the cluster): B must be past
+    /// every id the cluster handed out, below 2^52 [default: go on with the latest epoch]
+    #[arg(long, value_name = "B", allow_negative_numbers = true,
+          value_parser = RangedU64ValueParser::<u64>::new().range(0..1 << 52))]
+    cluster_base: Option<u64>,
 }
 
 impl Serve {
@@ -277,6 +304,9 @@ impl Serve {
             repair: self.repair,
             stats: self.stats,
             access_log: self.access_log,
+            nodes: self.nodes as u32,
+            node: self.node as u32,
+            cluster_base: self.cluster_base,
         }
     }
 }

@@ -18,6 +18,7 @@ use usaged::store::Store;
 use usaged::store::arena::MIN_CACHE_PER_WORKER;
 use usaged::store::export;
 use usaged::store::open::{self, Opened};
+use usaged::store::recover::Cluster;
 
 fn main() -> ExitCode {
     let env_port = std::env::var("PORT").ok();
@@ -96,6 +97,7 @@ fn serve(config: &Config) -> Result<(), String> {
     if let Some(d) = disk {
         running.metrics.set_disk(d);
     }
+    print_node(&stats_store);
     print_started(config, &running, &nofile);
     if let Some(every) = config.stats {
         let metrics = Arc::clone(&running.metrics);
@@ -138,7 +140,8 @@ fn raise_open_files() -> String {
 fn open_store(config: &Config) -> Result<Opened, String> {
     let stripes = server::worker_count(config) as u32;
     if config.in_memory {
-        return Ok(open::in_memory(stripes, config.cache_bytes));
+        let c = cluster(config);
+        return Ok(open::in_memory_node(c, stripes, config.cache_bytes));
     }
     open::journaled(stripes, &journal(config))
 }
@@ -153,6 +156,16 @@ fn journal(config: &Config) -> open::Journal<'_> {
         cache_bytes: config.cache_bytes,
         retain: config.retain,
         retain_bytes: config.retain_bytes,
+        cluster: cluster(config),
+    }
+}
+
+/// `--nodes`, `--node`, `--cluster-base`.
+fn cluster(config: &Config) -> Cluster {
+    Cluster {
+        nodes: config.nodes,
+        node: config.node,
+        base: config.cluster_base,
     }
 }
 
@@ -193,6 +206,21 @@ fn print_started(config: &Config, running: &Running, nofile: &str) {
         "listening on {} ({} workers)",
         running.addr, running.workers
     );
+}
+
+/// In a cluster: the node, the owner rule of its epoch and the ids it has left (stderr).
+fn print_node(store: &Store) {
+    let l = store.layout();
+    let Some(&(base, _)) = store.epochs().last() else {
+        return;
+    };
+    if l.nodes > 1 {
+        let left = usaged::store::ids::MAX_ID.saturating_sub(base) / u64::from(l.nodes);
+        eprintln!(
+            "usaged: node {} of {}: ids with (id - {} - 1) mod {} = {}; {left} ids left to 2^53",
+            l.node, l.nodes, base, l.nodes, l.node
+        );
+    }
 }
 
 /// `--stats`: one line to stderr every `every`, about the interval just ended.

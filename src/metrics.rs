@@ -468,6 +468,14 @@ impl Writer<'_> {
             "Usages held in the cache (answered from RAM).",
         );
         self.sample("usaged_cache_usages", &[], store.cache_usages());
+        let l = store.layout();
+        let (node, nodes) = (l.node.to_string(), l.nodes.to_string());
+        self.family(
+            "usaged_node_info",
+            "gauge",
+            "This node's place in the cluster (--node of --nodes); always 1.",
+        );
+        self.sample("usaged_node_info", &[("node", &node), ("nodes", &nodes)], 1);
     }
 
     /// Sealed segments on disk, and what retention removed.
@@ -605,6 +613,7 @@ mod tests {
         assert!(text.contains("usaged_arena_bytes 0\n"));
         assert!(text.contains("usaged_cache_budget_bytes 536870912\n"));
         assert!(text.contains("usaged_cache_usages 0\n"));
+        assert!(text.contains("usaged_node_info{node=\"0\",nodes=\"1\"} 1\n"));
         assert_eq!(m.totals().errors(), 1);
         let b = m.totals().buckets();
         assert_eq!(Totals::quantile(&b, 0.5), Some(50e-6));

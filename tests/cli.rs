@@ -91,6 +91,16 @@ fn a_bad_flag_exits_2_before_the_data_directory_is_made() {
             "--cache",
             "8MiB",
         ],
+        &[
+            "--data-dir",
+            &dir_arg,
+            "--port",
+            "0",
+            "--nodes",
+            "2",
+            "--node",
+            "2",
+        ],
     ] {
         let out = run(bad);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -194,6 +194,9 @@ fn help_lists_each_flag_on_its_own_line() {
         "--repair",
         "--stats",
         "--access-log",
+        "--node",
+        "--nodes",
+        "--cluster-base",
         "--version",
     ] {
         assert_eq!(flags.iter().filter(|&&g| g == f).count(), 1, "{f}:\n{text}");
@@ -223,6 +226,13 @@ fn errors_name_the_flag() {
         ("--retain 36501d", "--retain"),
         ("--retain-bytes 1KiB", "--retain-bytes"),
         ("--sync sometimes", "--sync"),
+        ("--nodes 0", "--nodes"),
+        ("--nodes 65", "--nodes"),
+        ("--node -1", "--node"),
+        ("--node 1", "--node"),
+        ("--nodes 3 --node 3", "--node"),
+        ("--cluster-base 4503599627370496", "--cluster-base"),
+        ("--cluster-base -1", "--cluster-base"),
         ("export --format xml", "--format"),
         ("export --port 1", "--port"),
         ("--port 1 export", "export"),
@@ -367,5 +377,23 @@ fn cache_and_retention_flags() {
     assert_eq!(
         serve("--retain 36500d", None).retain,
         Some(Duration::from_secs(36_500 * 86_400))
+    );
+}
+
+#[test]
+fn cluster_flags() {
+    let d = Config::default();
+    assert_eq!((d.nodes, d.node, d.cluster_base), (1, 0, None));
+    let c = serve("--nodes 64 --node 63 --cluster-base 4503599627370495", None);
+    assert_eq!(
+        (c.nodes, c.node, c.cluster_base),
+        (64, 63, Some((1 << 52) - 1))
+    );
+    let c = serve("--node 1 --nodes 2", None);
+    assert_eq!((c.nodes, c.node), (2, 1));
+    let e = parse(args("--nodes 2 --node 2"), None).unwrap_err();
+    assert!(
+        e.contains("--node") && e.contains("below --nodes (2)"),
+        "{e}"
     );
 }

@@ -57,8 +57,13 @@ pub enum Lookup {
 /// Ids come in epochs: a layout of `S` stripes that started at `base` hands out
 /// `base + s + 1 + k·S`. A restart with another `--threads` starts a new epoch past the largest
 /// id seen; earlier epochs stay readable (cold). Epochs are fixed when the store is built.
+///
+/// In a cluster ([`ids::Layout`]) an epoch has the stripes of every node, but only this node's
+/// current stripes get RAM and writers; another node's stripe is empty (its ids: `Missing`).
 pub struct Store {
     epochs: Box<[Epoch]>,
+    /// Which stripes of the current epoch this process writes.
+    layout: ids::Layout,
     /// Whether a journal seals what is appended (eviction waits for `sealed_end`).
     journaled: bool,
     /// `--cache`.
@@ -143,9 +148,21 @@ impl Store {
     /// A store of empty epochs whose current stripes share `cache_bytes` evenly
     /// ([`Geometry::for_share`]); old epochs get no RAM.
     pub fn with_cache(epochs: &[EpochLayout], cache_bytes: u64, journaled: bool) -> Self {
-        let current = epochs.last().map_or(1, |e| e.starts.len().max(1)) as u64;
-        let g = Geometry::for_share(cache_bytes / current);
-        let mut store = Store::with_geometry(epochs, g, journaled);
+        let current = epochs.last().map_or(1, |e| e.starts.len().max(1)) as u32;
+        Store::for_node(epochs, cache_bytes, journaled, ids::Layout::single(current))
+    }
+
+    /// [`Store::with_cache`] for one node of a cluster: the current epoch has
+    /// `layout.stripes()` stripes, and only the `layout.workers` this node owns share
+    /// `cache_bytes` (the others hold nothing and are never written).
+    pub fn for_node(
+        epochs: &[EpochLayout],
+        cache_bytes: u64,
+        journaled: bool,
+        layout: ids::Layout,
+    ) -> Self {
+        let g = Geometry::for_share(cache_bytes / u64::from(layout.workers.max(1)));
+        let mut store = Store::build(epochs, g, journaled, layout);
         store.budget = cache_bytes;
         store
     }
@@ -153,6 +170,11 @@ impl Store {
     /// A store whose current stripes each get geometry `g` (tests shrink it); the budget
     /// reported is what `g` takes for every current stripe.
     pub fn with_geometry(epochs: &[EpochLayout], g: Geometry, journaled: bool) -> Self {
+        let current = epochs.last().map_or(1, |e| e.starts.len().max(1)) as u32;
+        Store::build(epochs, g, journaled, ids::Layout::single(current))
+    }
+
+    fn build(epochs: &[EpochLayout], g: Geometry, journaled: bool, layout: ids::Layout) -> Self {
         assert!(
             !epochs.is_empty() && epochs.iter().all(|e| !e.starts.is_empty()),
             "at least one stripe"
@@ -163,6 +185,18 @@ impl Store {
         );
         g.check();
         let last = epochs.len() - 1;
+        assert_eq!(
+            epochs[last].starts.len(),
+            layout.stripes() as usize,
+            "the current epoch has the layout's stripes"
+        );
+        let geometry = |e: usize, s: usize| {
+            if e == last && layout.owns(s as u32) {
+                g
+            } else {
+                Geometry::NONE
+            }
+        };
         let epochs: Box<[Epoch]> = epochs
             .iter()
             .enumerate()
@@ -171,13 +205,15 @@ impl Store {
                 stripes: e
                     .starts
                     .iter()
-                    .map(|&start| new_stripe(start, if i == last { g } else { Geometry::NONE }))
+                    .enumerate()
+                    .map(|(s, &start)| new_stripe(start, geometry(i, s)))
                     .collect(),
             })
             .collect();
-        let budget = g.bytes() * epochs[last].stripes.len() as u64;
+        let budget = g.bytes() * u64::from(layout.workers);
         Store {
             epochs,
+            layout,
             journaled,
             budget,
             allocated: AtomicU64::new(0),
@@ -190,6 +226,11 @@ impl Store {
             .iter()
             .map(|e| (e.base, e.stripes.len() as u32))
             .collect()
+    }
+
+    /// Which stripes of the current epoch this process writes.
+    pub fn layout(&self) -> ids::Layout {
+        self.layout
     }
 
     /// The slots `start..end` that `stripe` of epoch `epoch` took since the store was built.
@@ -269,8 +310,14 @@ impl Store {
         }
     }
 
-    /// The writer for `stripe`. Call once per stripe: two writers for one stripe would hand out
-    /// the same ids (the worker setup in `server` makes exactly one each).
+    /// The writer of worker `w`: of its stripe ([`ids::Layout::global_stripe`]) in the
+    /// current epoch. Once per worker, like [`Store::writer`].
+    pub fn worker_writer(self: &Arc<Self>, w: u32) -> StripeWriter {
+        self.writer(self.layout.global_stripe(w))
+    }
+
+    /// The writer for `stripe` (global). Call once per stripe: two writers for one stripe would
+    /// hand out the same ids (the worker setup in `server` makes exactly one each).
     pub fn writer(self: &Arc<Self>, stripe: u32) -> StripeWriter {
         self.epoch_writer(self.epochs.len() - 1, stripe)
     }

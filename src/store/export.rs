@@ -39,6 +39,7 @@ pub fn read(dir: &Path) -> Result<Recovered, String> {
         repair: false,
         read_only: true,
         cache_bytes: crate::store::arena::DEFAULT_CACHE,
+        cluster: crate::store::recover::Cluster::SINGLE,
     };
     recover::recover(dir, opt)
 }

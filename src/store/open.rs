@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::arena::EpochLayout;
 use super::committer;
 use super::journal::{self, Header, SyncMode};
-use super::recover::{self, Options, Recovered};
+use super::recover::{self, Cluster, Options, Recovered};
 use super::retention::{Marks, NoHold, Policy, Retainer, Retention};
 use super::segments::Segments;
 use super::{Store, StripeWriter};
@@ -45,18 +45,27 @@ pub struct Journal<'a> {
     /// of what is kept.
     pub retain: Option<std::time::Duration>,
     pub retain_bytes: Option<u64>,
+    /// `--nodes`, `--node`, `--cluster-base`.
+    pub cluster: Cluster,
 }
 
 /// An empty store of `stripes` stripes holding `cache_bytes` of usages, without a journal
 /// (`--in-memory`: the oldest usages leave RAM, and answer `410`, as new ones come).
 pub fn in_memory(stripes: u32, cache_bytes: u64) -> Opened {
+    in_memory_node(Cluster::SINGLE, stripes, cache_bytes)
+}
+
+/// [`in_memory`] for node `cluster.node` of `cluster.nodes`, with `workers` stripes of its own
+/// in one epoch from `cluster.base` (or 0).
+pub fn in_memory_node(cluster: Cluster, workers: u32, cache_bytes: u64) -> Opened {
+    let node = cluster.layout(workers);
     let layout = EpochLayout {
-        base: 0,
-        starts: vec![0; stripes as usize],
+        base: cluster.base.unwrap_or(0),
+        starts: vec![0; node.stripes() as usize],
         ends: None,
     };
-    let store = Arc::new(Store::with_cache(&[layout], cache_bytes, false));
-    let writers = (0..stripes).map(|s| store.writer(s)).collect();
+    let store = Arc::new(Store::for_node(&[layout], cache_bytes, false, node));
+    let writers = (0..workers).map(|w| store.worker_writer(w)).collect();
     Opened {
         store,
         writers,
@@ -80,10 +89,11 @@ pub fn journaled(stripes: u32, j: &Journal) -> Result<Opened, String> {
         repair: j.repair,
         read_only: false,
         cache_bytes: j.cache_bytes,
+        cluster: j.cluster,
     };
     let r = recover::recover(dir, opt)?;
     report(dir, &r);
-    let journals = setups(stripes, j, &r);
+    let journals = setups(j.cluster.layout(stripes), j, &r);
     Ok(Opened {
         store: r.store,
         writers: r.writers,
@@ -166,17 +176,19 @@ fn segment_bytes(j: &Journal, stripes: u32) -> u64 {
     j.segment_bytes.min(by_retention.max(4096))
 }
 
-/// Where each worker's journal thread goes on, after recovery.
-fn setups(stripes: u32, j: &Journal, r: &Recovered) -> Vec<committer::Setup> {
+/// Where each worker's journal thread goes on, after recovery: worker `w` journals its
+/// global stripe ([`crate::store::ids::Layout::global_stripe`]).
+fn setups(node: crate::store::ids::Layout, j: &Journal, r: &Recovered) -> Vec<committer::Setup> {
     let current = r.store.epochs().len() - 1;
+    let stripes = node.workers;
     r.journals
         .iter()
         .enumerate()
         .map(|(s, c)| committer::Setup {
             dir: j.dir.to_path_buf(),
             header: Header {
-                stripes,
-                stripe: s as u32,
+                stripes: node.stripes(),
+                stripe: node.global_stripe(s as u32),
                 base: r.base,
             },
             seq: c.seq,
@@ -187,7 +199,7 @@ fn setups(stripes: u32, j: &Journal, r: &Recovered) -> Vec<committer::Setup> {
             last_id: c.last_id,
             worker: s,
             first_slot: c.next_slot,
-            link: r.store.link(current, s as u32),
+            link: r.store.link(current, node.global_stripe(s as u32)),
             segments: Arc::clone(&r.segments),
         })
         .collect()
@@ -217,6 +229,7 @@ mod tests {
             cache_bytes: crate::store::arena::DEFAULT_CACHE,
             retain: None,
             retain_bytes: None,
+            cluster: Cluster::SINGLE,
         };
         let o = journaled(2, &j).expect("an empty directory opens");
         assert!(dir.join("LOCK").exists());

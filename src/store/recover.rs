@@ -21,7 +21,10 @@
 //!    epoch continues only when this run has its stripe count and none of its stripes may have
 //!    handed out ids past its last record (a lease ahead of it, or a repair that moved records
 //!    aside); otherwise a new epoch starts past every id and lease seen, and past every id the
-//!    moved-aside bytes could hold.
+//!    moved-aside bytes could hold. In a cluster ([`Cluster`]) a node has only its own stripes
+//!    of each epoch (of `--nodes` × its workers, every `--nodes`-th from `--node`); its new
+//!    epoch's base keeps the residue of the last one mod `--nodes`, or is `--cluster-base`; a
+//!    directory that contradicts `--nodes`/`--node` is refused.
 //! 4. `build`: the segment table (every kept segment, sealed) and an empty store: the current
 //!    epoch's stripes go on at their next slot; every usage stored before lies in a segment
 //!    (cold). Nothing is read back into memory.
@@ -32,24 +35,27 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::committer::LEASE_SLOTS;
-use super::ids::{self, MAX_ID};
-use super::journal::{self, End, HEADER_LEN, Header, MAX_STRIPES, MIN_RECORD, Record};
+use super::ids;
+use super::journal::{self, End, HEADER_LEN, Header, MAX_STRIPES, Record};
 use super::retention::{self, Marks};
 use super::segments::{self, Segments};
 use super::{EpochLayout, Store, StripeWriter};
 
 mod list;
+mod plan;
 mod summary;
 use list::list;
+pub use plan::Cluster;
+use plan::{Plan, plan};
 use summary::check_stripe;
 
 /// What recovery found and built.
 pub struct Recovered {
     pub store: Arc<Store>,
-    /// One writer per stripe of the current epoch, continuing where the journal ended.
+    /// One writer per worker (its stripe of the current epoch: [`ids::Layout::global_stripe`]),
+    /// continuing where the journal ended.
     pub writers: Vec<StripeWriter>,
-    /// How each current stripe's journal continues.
+    /// How each worker's stripe's journal continues.
     pub journals: Vec<Continue>,
     /// The current epoch's base.
     pub base: u64,
@@ -86,8 +92,10 @@ pub struct Continue {
 /// Options for [`recover`].
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
-    /// Stripes (workers) of this run.
+    /// Stripes (workers) of this run: this node's stripes of an epoch.
     pub stripes: u32,
+    /// This node's place in the cluster ([`Cluster::SINGLE`]: a server alone).
+    pub cluster: Cluster,
     /// Keep what comes before a bad record instead of refusing to start.
     pub repair: bool,
     /// Change nothing on disk (export): torn tails and bad records are skipped, not cut.
@@ -96,7 +104,8 @@ pub struct Options {
     pub cache_bytes: u64,
 }
 
-/// `(base, stripes, stripe)`: which stripe of which epoch a segment belongs to.
+/// `(base, stripes, stripe)`: which stripe of which epoch a segment belongs to (`stripes`
+/// and `stripe` global: every node's stripes of the epoch).
 type StripeKey = (u64, u32, u32);
 
 /// A segment file as phase 1 finds it: nothing read but its header.
@@ -131,6 +140,17 @@ struct StripeScan {
 
 /// Rebuild the store from the segments in `dir` (which must exist).
 pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
+    let node = opt.cluster.layout(opt.stripes);
+    if u64::from(node.nodes) * u64::from(node.workers) > u64::from(MAX_STRIPES) {
+        // A segment header names the epoch's stripes: past the bound, no start could read it.
+        return Err(format!(
+            "--nodes {} with {} workers makes {} stripes, more than the journal's {MAX_STRIPES}: \
+             use fewer --threads",
+            node.nodes,
+            node.workers,
+            u64::from(node.nodes) * u64::from(node.workers)
+        ));
+    }
     let started = Instant::now();
     let mut warnings = Vec::new();
     let mut corrupt = false;
@@ -170,7 +190,8 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
     for (key, bytes) in aside {
         scans.entry(key).or_default().lost_bytes += bytes;
     }
-    let plan = plan(&scans, opt.stripes, &marks)?;
+    let layout = opt.cluster.layout(opt.stripes);
+    let plan = plan(&scans, layout, opt.cluster.base, &marks, opt.read_only)?;
     if plan.fresh && !scans.is_empty() && !opt.read_only {
         let &(base, n) = plan.epochs.last().expect("an epoch");
         warnings.push(format!(
@@ -252,96 +273,6 @@ struct Found<'a> {
     marks: Marks,
 }
 
-/// The epochs to build and whether the last one is new.
-struct Plan {
-    /// Epochs that hold records, by base, then the current one.
-    epochs: Vec<(u64, u32)>,
-    /// The current epoch is new (its stripes start empty).
-    fresh: bool,
-}
-
-/// Phase 3: order the epochs and decide whether the last continues.
-fn plan(
-    scans: &BTreeMap<StripeKey, StripeScan>,
-    stripes: u32,
-    marks: &Marks,
-) -> Result<Plan, String> {
-    let id_floor = marks.id_floor;
-    let removed_bases: Vec<u64> = marks.below.keys().map(|k| k.base).collect();
-    // Every id any earlier run may have handed out lies at or below `floor` (retention's
-    // floor covers the ids of segments it removed).
-    let mut floor = id_floor;
-    let mut holding: BTreeMap<(u64, u32), bool> = BTreeMap::new();
-    let mut unclean: BTreeMap<(u64, u32), bool> = BTreeMap::new();
-    for (&(base, n, _), s) in scans {
-        floor = floor.max(top(base, n, s));
-        *holding.entry((base, n)).or_default() |= s.records > 0;
-        // A lease ahead of the last record: ids past it may have been acknowledged and lost.
-        // Records and no lease at all: a version-1 journal, whose crashes left no trace.
-        let no_lease = s.records > 0 && s.lease == 0;
-        *unclean.entry((base, n)).or_default() |=
-            s.lease > s.last_id || s.lost_bytes > 0 || no_lease;
-    }
-    if floor >= MAX_ID / 2 {
-        return Err(format!(
-            "ids reach {floor}: past half the id space; refusing to start"
-        ));
-    }
-    let mut epochs: Vec<(u64, u32)> = holding
-        .iter()
-        .filter(|(_, has)| **has)
-        .map(|(&k, _)| k)
-        .collect();
-    for w in epochs.windows(2) {
-        if w[0].0 == w[1].0 {
-            return Err(format!(
-                "two epochs with records start at id {} ({} and {} stripes): the data directory mixes two stores",
-                w[0].0, w[0].1, w[1].1
-            ));
-        }
-    }
-    let continues = epochs.last().is_some_and(|&(base, n)| {
-        let max_of_others = scans
-            .iter()
-            .filter(|(k, _)| (k.0, k.1) != (base, n))
-            .map(|(&(b, n, _), s)| top(b, n, s))
-            .max()
-            .unwrap_or(0);
-        // Every stripe must still have a segment (one retention emptied has no lease or last
-        // id left to go on from), and no epoch retention removed may lie above this one.
-        let all_stripes = (0..n).all(|s| scans.contains_key(&(base, n, s)));
-        let none_removed_above = removed_bases.iter().all(|&b| b <= base);
-        n == stripes
-            && all_stripes
-            && none_removed_above
-            && !unclean[&(base, n)]
-            && max_of_others <= base
-    });
-    if continues {
-        return Ok(Plan {
-            epochs,
-            fresh: false,
-        });
-    }
-    epochs.push((floor, stripes));
-    Ok(Plan {
-        epochs,
-        fresh: true,
-    })
-}
-
-/// The highest id a stripe may have handed out: its last record or lease, or, when bytes of
-/// it could not be read (moved aside), a bound on the ids they could hold: at most one record
-/// per `MIN_RECORD` bytes, each a slot further, and a lease at most `LEASE_SLOTS` slots past.
-fn top(base: u64, stripes: u32, s: &StripeScan) -> u64 {
-    let known = base.max(s.last_id).max(s.lease);
-    if s.lost_bytes == 0 {
-        return known;
-    }
-    let slots = s.lost_bytes / MIN_RECORD as u64 + 1 + LEASE_SLOTS;
-    known.saturating_add(slots.saturating_mul(u64::from(stripes)))
-}
-
 /// Phase 4: the segment table, and the store: empty, its current epoch's stripes at their
 /// next slot, old epochs' stripes at their end (every slot before is in a segment).
 fn build(
@@ -380,7 +311,8 @@ fn build(
         })
         .collect();
     let layout = with_removed_epochs(layout, &found.marks);
-    let store = Arc::new(Store::with_cache(&layout, opt.cache_bytes, true));
+    let node = opt.cluster.layout(opt.stripes);
+    let store = Arc::new(Store::for_node(&layout, opt.cache_bytes, true, node));
     // Ids below a stripe's mark answer 410.
     for (e, l) in layout.iter().enumerate() {
         for s in 0..l.starts.len() as u32 {
@@ -405,7 +337,8 @@ fn build(
     let (base, n) = *plan.epochs.last().expect("a current epoch");
     let mut writers = Vec::with_capacity(opt.stripes as usize);
     let mut journals = Vec::with_capacity(opt.stripes as usize);
-    for s in 0..n {
+    for w in 0..opt.stripes {
+        let s = node.global_stripe(w);
         writers.push(store.epoch_writer(current, s));
         let scan = scans.get(&(base, n, s));
         journals.push(match scan {

@@ -258,3 +258,33 @@ fn an_inline_length_past_the_word_is_refused() {
     };
     meta.encode();
 }
+
+#[test]
+fn a_node_holds_its_own_stripes_and_misses_the_others() {
+    // Node 2 of 3 with 2 workers: global stripes 2 and 5 of 6, from base 100.
+    let node = ids::Layout {
+        nodes: 3,
+        node: 2,
+        workers: 2,
+    };
+    let epoch = EpochLayout {
+        base: 100,
+        ..layout(6)
+    };
+    let store = Arc::new(Store::for_node(&[epoch], 8 << 20, false, node));
+    assert_eq!((store.layout(), store.cache_budget()), (node, 8 << 20));
+    let mut ws: Vec<StripeWriter> = (0..2).map(|w| store.worker_writer(w)).collect();
+    let mut mine = Vec::new();
+    for slot in 0..20 {
+        let id = append(&mut ws[(slot % 2) as usize], slot / 2);
+        assert_eq!(ids::owner(id, 100, 3), Some(2), "id {id}");
+        mine.push(id);
+    }
+    for (i, &id) in mine.iter().enumerate() {
+        check(store.get(id).expect("held"), i as u64 / 2);
+    }
+    // Every other id of the epoch, and ids past it, are another node's: Missing.
+    for id in (0..200).filter(|id| !mine.contains(id)) {
+        assert_eq!(store.lookup(id), Lookup::Missing, "id {id}");
+    }
+}

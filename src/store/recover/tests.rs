@@ -8,6 +8,7 @@ use crate::time::Timestamp;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+mod cluster;
 mod indexed;
 mod retained;
 
@@ -49,6 +50,7 @@ fn opts(stripes: u32) -> Options {
         repair: false,
         read_only: false,
         cache_bytes: crate::store::arena::DEFAULT_CACHE,
+        cluster: crate::store::recover::Cluster::SINGLE,
     }
 }
 
@@ -59,14 +61,25 @@ pub fn run(dir: &Path, stripes: u32, n: u64) -> Vec<u64> {
 }
 
 /// A journal thread for each writer of recovery `r` (segments rolling past
-/// `segment_bytes`), as `open` sets them up.
+/// `segment_bytes`), as `open` sets them up for a server alone.
 fn start_journals(
     dir: &Path,
     r: &Recovered,
     writers: &mut [StripeWriter],
     segment_bytes: u64,
 ) -> Vec<Committer> {
-    let stripes = writers.len() as u32;
+    let layout = crate::store::recover::Cluster::SINGLE.layout(writers.len() as u32);
+    start_node_journals(dir, r, writers, segment_bytes, layout)
+}
+
+/// [`start_journals`] for the workers of one node of a cluster `layout`.
+fn start_node_journals(
+    dir: &Path,
+    r: &Recovered,
+    writers: &mut [StripeWriter],
+    segment_bytes: u64,
+    layout: ids::Layout,
+) -> Vec<Committer> {
     writers
         .iter_mut()
         .enumerate()
@@ -76,8 +89,8 @@ fn start_journals(
             let setup = committer::Setup {
                 dir: dir.to_path_buf(),
                 header: Header {
-                    stripes,
-                    stripe: s as u32,
+                    stripes: layout.stripes(),
+                    stripe: layout.global_stripe(s as u32),
                     base: r.base,
                 },
                 seq: c.seq,
@@ -98,11 +111,30 @@ fn start_journals(
 
 /// [`run`] with segments rolling past `segment_bytes`.
 pub fn run_with(dir: &Path, stripes: u32, n: u64, segment_bytes: u64) -> Vec<u64> {
-    let mut r = recover(dir, opts(stripes)).unwrap();
+    let opt = opts(stripes);
+    run_node(dir, opt, n, segment_bytes, false).unwrap()
+}
+
+/// Store `n` usages as a run with `opt` (a node of a cluster, maybe), then stop cleanly, or,
+/// with `crash`, stop as a crash does: the batches handed over are written, the rest is lost
+/// and each stripe's lease stays ahead of its last record. The ids returned are those handed
+/// over to the journal (acknowledged, in a server); after a crash the others may come again.
+/// `Err`: recovery refused.
+pub fn run_node(
+    dir: &Path,
+    opt: Options,
+    n: u64,
+    segment_bytes: u64,
+    crash: bool,
+) -> Result<Vec<u64>, String> {
+    let mut r = recover(dir, opt)?;
+    let layout = opt.cluster.layout(opt.stripes);
+    let stripes = opt.stripes;
     let mut ids = Vec::new();
     let mut writers = std::mem::take(&mut r.writers);
-    let mut committers = start_journals(dir, &r, &mut writers, segment_bytes);
+    let mut committers = start_node_journals(dir, &r, &mut writers, segment_bytes, layout);
     let mut m = String::new();
+    let mut handed = vec![0; stripes as usize];
     for i in 0..n {
         let w = &mut writers[(i % stripes as u64) as usize];
         ids.push(w.append(&usage(i, &mut m)).unwrap());
@@ -114,17 +146,34 @@ pub fn run_with(dir: &Path, stripes: u32, n: u64, segment_bytes: u64) -> Vec<u64
             }
             if let Some((b, id)) = w.batch_mut() {
                 assert!(c.submit(b, id));
+                handed[(i % stripes as u64) as usize] = id;
             }
         }
     }
+    if crash {
+        // Usage `i` went to worker `i mod stripes`, whose ids grow.
+        let w = |i: usize| i % stripes as usize;
+        ids = (0..ids.len())
+            .filter(|&i| ids[i] <= handed[w(i)] && handed[w(i)] > 0)
+            .map(|i| ids[i])
+            .collect();
+    }
     for (w, c) in writers.iter_mut().zip(committers) {
+        if crash {
+            while !c.idle() {
+                std::thread::yield_now();
+            }
+            // Its thread waits for a batch that never comes, as if the process had died.
+            std::mem::forget(c);
+            continue;
+        }
         let last = w.batch_mut().map(|(b, id)| (std::mem::take(b), id));
         c.stop(
             last,
             std::time::Instant::now() + std::time::Duration::from_secs(10),
         );
     }
-    ids
+    Ok(ids)
 }
 
 /// Every usage the segment table of `r` holds, read from the segment files it names. Checks
@@ -272,6 +321,7 @@ fn corruption_in_the_middle_stops_the_start_unless_repair() {
             repair: false,
             read_only: true,
             cache_bytes: crate::store::arena::DEFAULT_CACHE,
+            cluster: crate::store::recover::Cluster::SINGLE,
         },
     )
     .unwrap();
@@ -289,6 +339,7 @@ fn corruption_in_the_middle_stops_the_start_unless_repair() {
             repair: true,
             read_only: false,
             cache_bytes: crate::store::arena::DEFAULT_CACHE,
+            cluster: crate::store::recover::Cluster::SINGLE,
         },
     )
     .unwrap();

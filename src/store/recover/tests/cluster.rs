@@ -1,0 +1,189 @@
+//! Nodes of a cluster: each node's directory holds only its own stripes of the global layout;
+//! ids never collide across nodes, node-local epochs and cluster epochs, and every id names its
+//! node by the owner rule of its cluster epoch.
+
+use super::*;
+use crate::store::Lookup;
+use crate::store::committer::LEASE_SLOTS;
+use crate::store::ids::owner;
+use proptest::prelude::*;
+use std::collections::HashMap;
+
+/// A cluster epoch: `(base, nodes)`.
+type Epoch = (u64, u32);
+
+fn node_opts(workers: u32, nodes: u32, node: u32, base: Option<u64>) -> Options {
+    Options {
+        cluster: Cluster { nodes, node, base },
+        ..opts(workers)
+    }
+}
+
+/// Segments small enough to roll a few times in a short run.
+const SEG: u64 = 4096;
+
+/// Every id of `got` (node → ids handed out) is unique over the cluster and is its node's by
+/// the owner rule of the newest cluster epoch below it.
+fn check_ids(got: &HashMap<u32, Vec<u64>>, epochs: &[Epoch]) {
+    let mut seen = HashMap::new();
+    for (&node, ids) in got {
+        for &id in ids {
+            if let Some(other) = seen.insert(id, node) {
+                panic!("id {id} handed out by node {node} and node {other}");
+            }
+            let &(base, nodes) = epochs.iter().rev().find(|e| id > e.0).expect("an epoch");
+            assert_eq!(
+                owner(id, base, nodes),
+                Some(node),
+                "id {id} in epoch {base}"
+            );
+        }
+    }
+}
+
+/// The floor a refused `--cluster-base` names: "... (up to FLOOR) ...".
+fn named_floor(err: &str) -> u64 {
+    let at = err.find("(up to ").expect("the floor is named") + 7;
+    err[at..].split(')').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn two_nodes_then_three_never_hand_out_an_id_twice() {
+    let dirs: Vec<PathBuf> = (0..3).map(|_| temp_dir("cluster")).collect();
+    let mut got: HashMap<u32, Vec<u64>> = HashMap::new();
+    let run = |got: &mut HashMap<u32, Vec<u64>>, node: u32, o: Options, n: u64, crash| {
+        let ids = run_node(&dirs[node as usize], o, n, SEG, crash).unwrap();
+        got.entry(node).or_default().extend(ids);
+    };
+    // Two nodes with different worker counts, then a --threads change on each and a crash
+    // with the lease ahead on node 0.
+    run(&mut got, 0, node_opts(2, 2, 0, None), 300, false);
+    run(&mut got, 1, node_opts(3, 2, 1, None), 200, false);
+    run(&mut got, 0, node_opts(3, 2, 0, None), 100, true);
+    // The lease is ahead: node 0 goes on in a node-local epoch past it, in its residue.
+    let r = recover(&dirs[0], node_opts(3, 2, 0, None)).unwrap();
+    let max0 = got[&0].iter().copied().max().unwrap();
+    assert!(
+        r.base > max0 + LEASE_SLOTS && r.base.is_multiple_of(2),
+        "{}",
+        r.base
+    );
+    drop(r);
+    run(&mut got, 1, node_opts(1, 2, 1, None), 50, false);
+    run(&mut got, 0, node_opts(3, 2, 0, None), 70, false);
+    // Growth to three nodes: a base past every id handed out is still refused by node 0,
+    // whose lease went further; the floor it names is taken.
+    let mut b2 = got.values().flatten().copied().max().unwrap() + 1;
+    for node in 0..2 {
+        let o = node_opts(2, 3, node, Some(b2));
+        if let Err(e) = recover(&dirs[node as usize], o) {
+            assert!(e.contains("--cluster-base"), "{e}");
+            b2 = b2.max(named_floor(&e) + 1);
+        }
+    }
+    for node in 0..3 {
+        run(&mut got, node, node_opts(2, 3, node, Some(b2)), 90, false);
+    }
+    // Later starts go on without the flag, or with it again, and change --threads.
+    run(&mut got, 1, node_opts(2, 3, 1, None), 40, false);
+    run(&mut got, 2, node_opts(4, 3, 2, Some(b2)), 40, true);
+    run(&mut got, 2, node_opts(4, 3, 2, None), 40, false);
+    let epochs = [(0, 2), (b2, 3)];
+    check_ids(&got, &epochs);
+    // Each node reads back its own stripes and answers Missing for the others' ids.
+    for node in 0..3u32 {
+        let r = recover(&dirs[node as usize], node_opts(4, 3, node, None)).unwrap();
+        let held = stored(&r);
+        assert!(held.keys().all(|id| got[&node].contains(id)));
+        for (&other, ids) in &got {
+            for &id in ids.iter().filter(|_| other != node).take(50) {
+                assert_eq!(r.store.lookup(id), Lookup::Missing, "{id} on node {node}");
+            }
+        }
+    }
+    for d in dirs {
+        let _ = fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn a_layout_that_contradicts_the_directory_is_refused() {
+    let dir = temp_dir("cluster-refuse");
+    run_node(&dir, node_opts(2, 2, 1, None), 20, SEG, false).unwrap();
+    let err = recover(&dir, node_opts(2, 2, 0, None)).err().unwrap();
+    assert!(err.contains("not --node 0's directory"), "{err}");
+    let err = recover(&dir, node_opts(2, 3, 1, None)).err().unwrap();
+    assert!(err.contains("not a multiple of --nodes 3"), "{err}");
+    let err = recover(&dir, node_opts(2, 2, 1, Some(5))).err().unwrap();
+    assert!(
+        err.contains("--cluster-base 5") && named_floor(&err) >= 40,
+        "{err}"
+    );
+    // Forgetting --nodes would hand out the other node's ids.
+    let err = recover(&dir, node_opts(2, 1, 0, None)).err().unwrap();
+    assert!(err.contains("looks like node 1 of 2"), "{err}");
+    let err = recover(&dir, node_opts(65, 64, 1, None)).err().unwrap();
+    assert!(err.contains("4160 stripes"), "{err}");
+    // The right flags go on in the same epoch.
+    let r = recover(&dir, node_opts(2, 2, 1, None)).unwrap();
+    assert_eq!((r.base, r.records), (0, 20));
+    let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
+fn an_old_directory_is_one_node_of_one() {
+    let dir = temp_dir("cluster-old");
+    let a = run(&dir, 3, 30);
+    let b = run_node(&dir, node_opts(3, 1, 0, None), 30, SEG, false).unwrap();
+    assert_eq!(b[0], a.iter().max().unwrap() + 1, "the same epoch goes on");
+    let _ = fs::remove_dir_all(dir);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Random runs of the nodes of a cluster (worker counts, crashes), growing once: no id
+    /// twice over the union, and every id's owner is the node that handed it out.
+    #[test]
+    fn ids_are_unique_across_nodes_stripes_and_epochs(
+        nodes in 1u32..4,
+        runs in proptest::collection::vec((0u32..8, 1u32..4, 1u64..40, any::<bool>()), 1..8),
+        grow_at in 0usize..8,
+    ) {
+        let dirs: Vec<PathBuf> = (0..nodes + 1).map(|_| temp_dir("cluster-prop")).collect();
+        let mut got: HashMap<u32, Vec<u64>> = HashMap::new();
+        let mut epochs: Vec<Epoch> = vec![(0, nodes)];
+        for (i, &(k, workers, n, crash)) in runs.iter().enumerate() {
+            let mut base = None;
+            if i == grow_at {
+                // Every node starts the new epoch past every floor (the refusals name them).
+                let mut b2 = got.values().flatten().copied().max().unwrap_or(0) + 1;
+                for node in 0..nodes {
+                    let o = node_opts(1, nodes + 1, node, Some(b2));
+                    if let Err(e) = recover(&dirs[node as usize], o) {
+                        b2 = b2.max(named_floor(&e) + 1);
+                    }
+                }
+                epochs.push((b2, nodes + 1));
+                base = Some(b2);
+            }
+            let &(_, nn) = epochs.last().unwrap();
+            let node = k % nn;
+            let o = node_opts(workers, nn, node, base);
+            let ids = run_node(&dirs[node as usize], o, n, SEG, crash).unwrap();
+            got.entry(node).or_default().extend(ids);
+            if base.is_some() {
+                // The other nodes join the new epoch too.
+                for other in (0..nn).filter(|&x| x != node) {
+                    let o = node_opts(1, nn, other, base);
+                    let ids = run_node(&dirs[other as usize], o, 3, SEG, false).unwrap();
+                    got.entry(other).or_default().extend(ids);
+                }
+            }
+        }
+        check_ids(&got, &epochs);
+        for d in dirs {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Two real servers as the nodes of one cluster (`--nodes 2 --node 0/1`): their ids are
+//! disjoint and follow the owner rule, each answers its own ids and `404` for the other's,
+//! `/metrics` names the node, and a restart with another `--threads` keeps all of it.
+
+mod util;
+
+use std::collections::HashSet;
+
+use util::{Client, README_BODY, Server, get, post};
+
+fn post_n(c: &mut Client, n: usize) -> Vec<u64> {
+    c.send(post(README_BODY).repeat(n));
+    (0..n)
+        .map(|_| {
+            let r = c.read(false);
+            assert_eq!(r.status, 201, "{}", r.text());
+            r.json()["id"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+fn status(c: &mut Client, id: u64) -> u16 {
+    c.request(get(id)).status
+}
+
+/// Both nodes' ids: disjoint, each its node's by `(id - 1) mod 2`, 200 on its node and 404 on
+/// the other.
+fn check(nodes: &mut [Server; 2], ids: &[Vec<u64>; 2]) {
+    let a: HashSet<u64> = ids[0].iter().copied().collect();
+    let b: HashSet<u64> = ids[1].iter().copied().collect();
+    assert_eq!(
+        a.len() + b.len(),
+        ids[0].len() + ids[1].len(),
+        "an id twice"
+    );
+    assert!(a.is_disjoint(&b));
+    let mut c = [nodes[0].connect(), nodes[1].connect()];
+    for (k, mine) in ids.iter().enumerate() {
+        for &id in mine {
+            assert_eq!((id - 1) % 2, k as u64, "id {id} of node {k}");
+            assert_eq!(status(&mut c[k], id), 200, "id {id} on its node {k}");
+            assert_eq!(status(&mut c[1 - k], id), 404, "id {id} on node {}", 1 - k);
+        }
+    }
+}
+
+#[test]
+fn two_nodes_hand_out_disjoint_ids_and_answer_only_their_own() {
+    let flags = |k: &'static str, threads: &'static str| {
+        ["--nodes", "2", "--node", k, "--threads", threads]
+    };
+    let mut nodes = [
+        Server::start(&flags("0", "2")),
+        Server::start(&flags("1", "3")),
+    ];
+    let mut ids: [Vec<u64>; 2] = Default::default();
+    for (k, s) in nodes.iter().enumerate() {
+        let mut c = s.connect();
+        ids[k].extend(post_n(&mut c, 200));
+        let m = c.request("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").text();
+        let info = format!("usaged_node_info{{node=\"{k}\",nodes=\"2\"}} 1\n");
+        assert!(m.contains(&info), "{m}");
+    }
+    check(&mut nodes, &ids);
+    // Restarts with other thread counts go on in each node's residue.
+    let dirs = nodes.each_mut().map(|s| {
+        s.keep_data = true;
+        assert!(s.stop().success());
+        s.data_dir.clone()
+    });
+    drop(nodes);
+    let mut nodes = [
+        Server::start_in(&dirs[0], &flags("0", "3")),
+        Server::start_in(&dirs[1], &flags("1", "1")),
+    ];
+    for (k, s) in nodes.iter().enumerate() {
+        ids[k].extend(post_n(&mut s.connect(), 100));
+    }
+    check(&mut nodes, &ids);
+    // `export` reads a node's directory: its own usages, all of them.
+    for (k, s) in nodes.iter_mut().enumerate() {
+        assert!(s.stop().success());
+        let lines = util::export_text(&s.data_dir).lines().count();
+        assert_eq!(lines, ids[k].len(), "node {k}");
+        s.keep_data = false;
+    }
+}
