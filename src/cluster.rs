@@ -168,7 +168,6 @@ fn global_and_defaults(out: &mut String, h: &Haproxy) {
     out.push_str(
         "global
     log stderr format short local0 notice
-    maxconn 20000
 ",
     );
     if let Some(s) = &h.stats_socket {
