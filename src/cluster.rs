@@ -227,7 +227,7 @@ frontend usaged_http
     out.push_str(
         "    use_backend node%[var(txn.node)] if { var(txn.node) -m found }
     default_backend all
-    http-response set-header X-Usaged-Server %[srv_name]
+    http-response set-header X-Usaged-Server %[be_name]/%[srv_name]
 ",
     );
 }
