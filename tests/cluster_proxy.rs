@@ -1,6 +1,6 @@
-//! usaged nodes behind HAProxy (issue 12): the generated config routes each read to the node
-//! that owns its id (HAProxy's own evaluation), and a cluster started by `scripts/cluster.sh`
-//! takes a rolling restart (and, with node identities, a growth 2 → 3) under load with no
+//! usaged nodes behind HAProxy (issue 12; `tests/cluster.rs` tests the nodes themselves): the
+//! generated config routes each read to the node that owns its id (HAProxy's own evaluation),
+//! and a cluster started by `scripts/cluster.sh` takes a rolling restart (and, with node identities, a growth 2 → 3) under load with no
 //! failed request.
 //!
 //! HAProxy: `.ci/run` installs it, and `scripts/cluster.sh` tries apt-get when it is missing;
