@@ -282,6 +282,8 @@ struct Tally {
     errors: Vec<String>,
     /// An answer other than 201.
     other: Vec<String>,
+    /// Answers with `Connection: close` (the client connected again).
+    closes: usize,
 }
 
 /// `clients` keep-alive connections through HAProxy post until `done()` says so (checked
@@ -311,6 +313,12 @@ fn post_while(
                             Some(a) if a.status == 201 => {
                                 t.acked.push((a.json()["id"].as_u64().unwrap(), pid));
                                 count.fetch_add(1, Ordering::Relaxed);
+                                // As any HTTP client: HAProxy closes after this answer (its
+                                // old process does, on a reload).
+                                if a.header("connection") == Some("close") {
+                                    t.closes += 1;
+                                    (w, r) = connect(port);
+                                }
                             }
                             Some(a) => t.other.push(format!("{}: {}", a.status, a.text())),
                             None => {
@@ -336,6 +344,7 @@ fn post_while(
         all.acked.extend(p.acked);
         all.errors.extend(p.errors);
         all.other.extend(p.other);
+        all.closes += p.closes;
     }
     all
 }
@@ -370,7 +379,11 @@ fn under_load(c: &Cluster, tag: &str, total: usize, action: impl FnOnce() -> Str
         t.other.len(),
         t.other.iter().take(5).collect::<Vec<_>>(),
     );
-    println!("{tag}: {} POSTs, all 201", t.acked.len());
+    println!(
+        "{tag}: {} POSTs, all 201 ({} with Connection: close)",
+        t.acked.len(),
+        t.closes
+    );
     t
 }
 
