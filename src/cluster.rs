@@ -168,6 +168,8 @@ fn global_and_defaults(out: &mut String, h: &Haproxy) {
     out.push_str(
         "global
     log stderr format short local0 notice
+    # After a reload, the old process waits at most this long for its connections.
+    hard-stop-after 60s
 ",
     );
     if let Some(s) = &h.stats_socket {
@@ -207,6 +209,10 @@ fn http_frontend(out: &mut String, h: &Haproxy) {
         "
 frontend usaged_http
     bind {}:{}
+    # On a reload the old process answers each keep-alive connection's next request with
+    # `Connection: close` instead of closing it while idle, where a request the client is
+    # sending at that instant would meet a closed connection.
+    option idle-close-on-response
     acl read_one method GET HEAD
     acl read_one_id path_reg ^/api/usages/[0-9]{{1,20}}$
     # The owner of an id, one rule per cluster epoch (base:nodes), oldest first: a later

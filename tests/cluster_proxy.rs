@@ -421,10 +421,40 @@ fn read_back(c: &Cluster, acked: &[(u64, String)]) {
     );
 }
 
+/// GETs of `acked` (round and round, keep-alive) until `stop`: how many, and the failures.
+fn get_while(port: u16, acked: &[(u64, String)], stop: &AtomicBool) -> (usize, Vec<String>) {
+    let (mut n, mut failed) = (0, Vec::new());
+    let (mut w, mut r) = connect(port);
+    for (id, pid) in acked.iter().cycle() {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        n += 1;
+        let a = w
+            .write_all(get(*id).as_bytes())
+            .ok()
+            .and_then(|_| read_response(&mut r));
+        match a {
+            Some(a) if a.status == 200 && a.json()["patientId"] == pid.as_str() => {
+                if a.header("connection") == Some("close") {
+                    (w, r) = connect(port);
+                }
+            }
+            Some(a) => failed.push(format!("GET {id}: {} {}", a.status, a.text())),
+            None => {
+                failed.push(format!("GET {id}: connection ended"));
+                (w, r) = connect(port);
+            }
+        }
+    }
+    (n, failed)
+}
+
 /// `cluster.sh start DIR 2 PORT`; 20,000 POSTs over 8 keep-alive connections through HAProxy
 /// while `cluster.sh restart` rolls both nodes: no error, no answer but 201. With node
 /// identities, every id is distinct and reads back through HAProxy from its owner; then
-/// `cluster.sh grow DIR 3` under load, and the same again over the whole set.
+/// `cluster.sh grow DIR 3` under load, a rolling restart of the three with GETs as well as
+/// POSTs, and the same checks over the whole set.
 #[test]
 fn a_rolling_restart_and_a_growth_under_load_fail_no_request() {
     let _g = serial();
@@ -439,7 +469,27 @@ fn a_rolling_restart_and_a_growth_under_load_fail_no_request() {
     }
     read_back(&c, &acked);
     acked.extend(under_load(&c, "grow", 5_000, || c.run(&["grow", "3"])).acked);
-    acked.extend(under_load(&c, "restart3", 5_000, || c.run(&["restart"])).acked);
+    // Reads too: a restarting node's GETs wait in HAProxy's retries, none fails.
+    let mut reads = (0, Vec::new());
+    let more = under_load(&c, "restart3", 5_000, || {
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| get_while(c.port, &acked, &stop));
+            let said = c.run(&["restart"]);
+            stop.store(true, Ordering::Relaxed);
+            reads = reader.join().unwrap();
+            said
+        })
+    });
+    let (n, failed) = reads;
+    assert!(
+        failed.is_empty(),
+        "{} of {n} GETs failed: {:?}…",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    println!("restart3: {n} GETs during the restart, all 200");
+    acked.extend(more.acked);
     read_back(&c, &acked);
     let epochs = c.epochs();
     assert_eq!(epochs.len(), 2, "{epochs:?}");

@@ -63,6 +63,8 @@ fn the_text_has_each_rule() {
         "http-check expect status 200",
         "default-server inter 100ms fastinter 100ms downinter 100ms fall 2 rise 2",
         "option redispatch 1",
+        "option idle-close-on-response",
+        "hard-stop-after 60s",
         "stats socket /tmp/x/haproxy.sock mode 600 level admin",
         "server node0 127.0.0.1:4000 check\n",
         "server node2 127.0.0.1:4002 check\n",
