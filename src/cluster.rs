@@ -189,7 +189,8 @@ defaults
     timeout client 30s
     timeout server 30s
     timeout http-request 10s
-    # below usaged's --idle-timeout (60 s): HAProxy, not the node, closes idle client sides.
+    # How long a keep-alive client connection may wait for its next request (usaged's own
+    # --idle-timeout is 60 s).
     timeout http-keep-alive 55s
     timeout queue 5s
     timeout check 1s
