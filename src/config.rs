@@ -13,6 +13,7 @@ use clap::builder::{PossibleValuesParser, RangedU64ValueParser, TypedValueParser
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, Parser, Subcommand};
 
+use crate::cluster;
 pub use crate::store::export::ExportFormat;
 pub use crate::store::journal::SyncMode;
 
@@ -76,6 +77,9 @@ pub enum Command {
         data_dir: PathBuf,
         format: ExportFormat,
     },
+    /// `usaged haproxy-config`: print this HAProxy configuration (checked by
+    /// [`cluster::check`]).
+    HaproxyConfig(Box<cluster::Haproxy>),
     /// `--help` or `--version`: print this text to stdout and exit 0.
     Help(String),
 }
@@ -96,6 +100,25 @@ pub fn parse(
     };
     match cli.command {
         Some(Export { data_dir, format }) => Ok(Command::Export { data_dir, format }),
+        Some(HaproxyConfig {
+            nodes,
+            epochs,
+            bind,
+            port,
+            tcp_port,
+            stats_socket,
+        }) => {
+            let h = cluster::Haproxy {
+                nodes,
+                epochs,
+                bind,
+                port,
+                tcp_port,
+                stats_socket,
+            };
+            cluster::check(&h).map_err(|e| format!("haproxy-config: {e}"))?;
+            Ok(Command::HaproxyConfig(Box::new(h)))
+        }
         None => {
             // A `$PORT` that is not a port is an error even beside `--port`: the environment
             // is wrong, and the next start without the flag would fail.
@@ -140,7 +163,9 @@ fn one_line(e: &clap::Error) -> String {
     name = "usaged",
     version,
     about = "A per-core event-loop HTTP server for the usages API.",
-    override_usage = "usaged [OPTIONS]\n       usaged export [--data-dir <DIR>] [--format <FORMAT>]",
+    override_usage = "usaged [OPTIONS]\n       usaged export [--data-dir <DIR>] [--format <FORMAT>]\n       \
+                      usaged haproxy-config --node <HOST:PORT>... [--epoch <BASE:NODES>...] \
+                      [--port <N>] [--tcp-port <N>]",
     after_help = "SIZE: bytes (65536), or a whole number with B, KiB, MiB, GiB or TiB (64KiB, \
                   1GiB).\nDURATION: seconds (10, 0.5), or a number with ms, s, m, h or d \
                   (500ms, 90s, 2m, 1.5h, 1d); from 0.1 seconds to 1 day, except --retain.",
@@ -168,8 +193,32 @@ enum Sub {
         #[arg(long, value_name = "FORMAT", default_value = "ndjson", value_parser = format())]
         format: ExportFormat,
     },
+    /// Print an HAProxy configuration for a cluster of usaged nodes: POSTs balanced over all,
+    /// GET/HEAD /api/usages/{id} sent to the node that owns the id, /health checks
+    HaproxyConfig {
+        /// A node's HOST:PORT; repeat it for each node, node 0 first
+        #[arg(long = "node", value_name = "HOST:PORT")]
+        nodes: Vec<String>,
+        /// A cluster epoch: ids above BASE belong to node (id - BASE - 1) mod NODES; repeat
+        /// it, oldest first [default: 0:<number of nodes>]
+        #[arg(long = "epoch", value_name = "BASE:NODES", value_parser = epoch)]
+        epochs: Vec<cluster::Epoch>,
+        /// Address the frontends listen on
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+        bind: String,
+        /// Port of the `mode http` frontend (every request)
+        #[arg(long, value_name = "N", default_value_t = 8080)]
+        port: u16,
+        /// Port of a `mode tcp` frontend for ingestion (whole connections balanced) [default:
+        /// none]
+        #[arg(long, value_name = "N")]
+        tcp_port: Option<u16>,
+        /// Path of HAProxy's stats socket (`show stat`, reloads) [default: none]
+        #[arg(long, value_name = "PATH")]
+        stats_socket: Option<String>,
+    },
 }
-use Sub::Export;
+use Sub::{Export, HaproxyConfig};
 
 /// The server's flags, in the order `--help` lists them.
 #[derive(Args, Debug)]
@@ -376,6 +425,19 @@ fn sync() -> impl TypedValueParser<Value = SyncMode> {
         "never" => SyncMode::Never,
         _ => SyncMode::Interval,
     })
+}
+
+/// `BASE:NODES`.
+fn epoch(v: &str) -> Result<cluster::Epoch, String> {
+    let parsed = v
+        .split_once(':')
+        .and_then(|(b, n)| Some((b.parse().ok()?, n.parse().ok()?)));
+    match parsed {
+        Some((base, nodes)) => Ok(cluster::Epoch { base, nodes }),
+        None => Err(format!(
+            "expected BASE:NODES (two whole numbers), got {v:?}"
+        )),
+    }
 }
 
 fn format() -> impl TypedValueParser<Value = ExportFormat> {

@@ -36,6 +36,7 @@
 
 pub mod access_log;
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod json;

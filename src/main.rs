@@ -1,5 +1,6 @@
 //! `usaged`: flags → config, recover the journal, start the workers, wait for SIGINT/SIGTERM,
-//! drain, exit 0. `usaged export` prints the stored usages without a server.
+//! drain, exit 0. `usaged export` prints the stored usages without a server; `usaged
+//! haproxy-config` prints the HAProxy configuration for a cluster of nodes.
 #![forbid(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
@@ -31,6 +32,16 @@ fn main() -> ExitCode {
             }
         },
         Ok(Command::Export { data_dir, format }) => run_export(&data_dir, format),
+        Ok(Command::HaproxyConfig(h)) => match usaged::cluster::render(&h) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("usaged haproxy-config: {e}");
+                ExitCode::from(2)
+            }
+        },
         Ok(Command::Help(text)) => {
             print!("{text}");
             ExitCode::SUCCESS

@@ -397,3 +397,38 @@ fn cluster_flags() {
         "{e}"
     );
 }
+
+#[test]
+fn haproxy_config_takes_repeated_nodes_and_epochs() {
+    let c = parse(
+        args(
+            "haproxy-config --node 127.0.0.1:7001 --node 127.0.0.1:7002 --epoch 0:1 --epoch \
+             500:2 --port 9000 --tcp-port 9001 --bind 127.0.0.1 --stats-socket /tmp/s",
+        ),
+        None,
+    );
+    let Ok(Command::HaproxyConfig(h)) = c else {
+        panic!("{c:?}")
+    };
+    assert_eq!(h.nodes, ["127.0.0.1:7001", "127.0.0.1:7002"]);
+    let e = |base, nodes| crate::cluster::Epoch { base, nodes };
+    assert_eq!(h.epochs, [e(0, 1), e(500, 2)]);
+    assert_eq!(
+        (h.port, h.tcp_port, h.bind.as_str()),
+        (9000, Some(9001), "127.0.0.1")
+    );
+    assert_eq!(h.stats_socket.as_deref(), Some("/tmp/s"));
+    for (a, want) in [
+        ("haproxy-config", "--node"),
+        ("haproxy-config --node 127.0.0.1:1 --epoch 5", "--epoch"),
+        (
+            "haproxy-config --node 127.0.0.1:1 --epoch 0:2",
+            "has 2 nodes",
+        ),
+        ("haproxy-config --node nope", "expected HOST:PORT"),
+        ("haproxy-config --node 127.0.0.1:1 --threads 2", "--threads"),
+    ] {
+        let e = parse(args(a), None).unwrap_err();
+        assert!(e.contains(want), "{a}: {e}");
+    }
+}
