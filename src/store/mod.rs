@@ -12,6 +12,7 @@ pub mod arena;
 pub mod cold;
 pub mod committer;
 pub mod export;
+pub mod identity;
 pub mod ids;
 pub mod index;
 pub mod journal;

@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::identity::{self, Identity};
 use super::ids;
 use super::journal::{self, End, HEADER_LEN, Header, MAX_STRIPES, Record};
 use super::retention::{self, Marks};
@@ -191,7 +192,11 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
         scans.entry(key).or_default().lost_bytes += bytes;
     }
     let layout = opt.cluster.layout(opt.stripes);
-    let plan = plan(&scans, layout, opt.cluster.base, &marks, opt.read_only)?;
+    let plan = if opt.read_only {
+        plan(&scans, layout, opt.cluster.base, &marks, true)?
+    } else {
+        plan_and_record(dir, &scans, opt.cluster, layout, &marks)?
+    };
     if plan.fresh && !scans.is_empty() && !opt.read_only {
         let &(base, n) = plan.epochs.last().expect("an epoch");
         warnings.push(format!(
@@ -207,6 +212,36 @@ pub fn recover(dir: &Path, opt: Options) -> Result<Recovered, String> {
         marks,
     };
     build(plan, scans, opt, found)
+}
+
+/// Phase 3 for a start that may hand out ids: checked against the directory's `CLUSTER`
+/// ([`plan::resolve`]), planned, and the identity recorded durably when it is new, before any
+/// id of it is handed out.
+fn plan_and_record(
+    dir: &Path,
+    scans: &BTreeMap<StripeKey, StripeScan>,
+    cluster: Cluster,
+    layout: ids::Layout,
+    marks: &Marks,
+) -> Result<Plan, String> {
+    let file = Identity::load(dir)?;
+    let empty = scans.is_empty() && marks.below.is_empty() && marks.id_floor == 0;
+    let latest = plan::latest_base(scans, marks);
+    let (base, record) = plan::resolve(file, cluster, latest, empty)?;
+    let plan = plan(scans, layout, base, marks, false)?;
+    let base = match record {
+        plan::Record::Unchanged => return Ok(plan),
+        plan::Record::At(b) => b,
+        plan::Record::Current => plan.epochs.last().map_or(0, |e| e.0),
+    };
+    let id = Identity {
+        base,
+        nodes: cluster.nodes,
+        node: cluster.node,
+    };
+    id.store(dir)
+        .map_err(|e| format!("cannot write {}: {e}", dir.join(identity::FILE).display()))?;
+    Ok(plan)
 }
 
 /// What `check_stripe` found of one stripe, its warnings, and whether it found corruption.

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use super::super::committer::LEASE_SLOTS;
+use super::super::identity::{self, Identity};
 use super::super::ids::{Layout, MAX_ID};
 use super::super::journal::MIN_RECORD;
 use super::super::retention::Marks;
@@ -96,7 +97,7 @@ pub(super) fn plan(
         // The latest epoch already is this cluster epoch: the flag was given again.
         Some(b) if latest.is_some_and(|(base, _)| base == b) => {}
         Some(b) => {
-            if b <= floor || b >= MAX_ID / 2 {
+            if b < floor || b >= MAX_ID / 2 {
                 return Err(format!(
                     "--cluster-base {b} must be past every id this node handed out or leased \
                      (up to {floor}) and below {}",
@@ -246,4 +247,78 @@ pub(super) fn top(base: u64, stripes: u32, s: &StripeScan) -> u64 {
     }
     let slots = s.lost_bytes / MIN_RECORD as u64 + 1 + LEASE_SLOTS;
     known.saturating_add(slots.saturating_mul(u64::from(stripes)))
+}
+
+/// What this start writes into `CLUSTER` once its plan stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Record {
+    /// The file already says it.
+    Unchanged,
+    /// A new cluster epoch from this base.
+    At(u64),
+    /// No file yet: the base of the epoch the plan continues or starts (a base of the same
+    /// cluster epoch: same owner rule).
+    Current,
+}
+
+/// Check this start's flags against the directory's `CLUSTER` file (`file`) and say which
+/// `--cluster-base` [`plan`] gets and what to record. `latest`: the base of the newest epoch
+/// with any trace on disk; `empty`: no trace of any epoch.
+///
+/// - With a file: `--node`/`--nodes` must be the file's unless `--cluster-base` starts a
+///   newer cluster epoch; an older `--cluster-base` is refused, and the file's own (or one of
+///   its node epochs, same residue) counts as given again. A recorded epoch with no segment
+///   yet (a crash right after the file was written) is started again at its base.
+/// - Without one: a new node of a cluster of more than one must be given `--cluster-base`
+///   (base 0 could repeat the ids of an epoch the cluster has outgrown).
+pub(super) fn resolve(
+    file: Option<Identity>,
+    cluster: Cluster,
+    latest: Option<u64>,
+    empty: bool,
+) -> Result<(Option<u64>, Record), String> {
+    let Some(f) = file else {
+        if let Some(b) = cluster.base {
+            return Ok((Some(b), Record::At(b)));
+        }
+        if empty && cluster.nodes > 1 {
+            return Err(format!(
+                "a new node of a cluster of {} nodes needs --cluster-base: 0 if the whole \
+                 cluster starts new, else past every id the cluster has issued (see the \
+                 README's growth procedure)",
+                cluster.nodes
+            ));
+        }
+        return Ok((None, Record::Current));
+    };
+    match cluster.base {
+        Some(b) if b > f.base => return Ok((Some(b), Record::At(b))),
+        Some(b) if (f.base - b) % u64::from(f.nodes) != 0 => {
+            return Err(format!(
+                "--cluster-base {b} is older than this node's cluster epoch (base {}, in {})",
+                f.base,
+                identity::FILE
+            ));
+        }
+        _ => {}
+    }
+    if (cluster.nodes, cluster.node) != (f.nodes, f.node) {
+        return Err(format!(
+            "this data directory is node {} of {} (cluster epoch base {}, in {}): start it \
+             with --node {} --nodes {}, or start a new cluster epoch with --cluster-base",
+            f.node,
+            f.nodes,
+            f.base,
+            identity::FILE,
+            f.node,
+            f.nodes
+        ));
+    }
+    let started = latest.is_some_and(|l| l >= f.base);
+    Ok((if started { None } else { Some(f.base) }, Record::Unchanged))
+}
+
+/// The base of the newest epoch with a segment or a retention mark.
+pub(super) fn latest_base(scans: &BTreeMap<StripeKey, StripeScan>, marks: &Marks) -> Option<u64> {
+    latest_layout(scans, marks).map(|(b, _)| b)
 }

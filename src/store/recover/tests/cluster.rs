@@ -57,8 +57,8 @@ fn two_nodes_then_three_never_hand_out_an_id_twice() {
     };
     // Two nodes with different worker counts, then a --threads change on each and a crash
     // with the lease ahead on node 0.
-    run(&mut got, 0, node_opts(2, 2, 0, None), 300, false);
-    run(&mut got, 1, node_opts(3, 2, 1, None), 200, false);
+    run(&mut got, 0, node_opts(2, 2, 0, Some(0)), 300, false);
+    run(&mut got, 1, node_opts(3, 2, 1, Some(0)), 200, false);
     run(&mut got, 0, node_opts(3, 2, 0, None), 100, true);
     // The lease is ahead: node 0 goes on in a node-local epoch past it, in its residue.
     let r = recover(&dirs[0], node_opts(3, 2, 0, None)).unwrap();
@@ -109,24 +109,78 @@ fn two_nodes_then_three_never_hand_out_an_id_twice() {
 #[test]
 fn a_layout_that_contradicts_the_directory_is_refused() {
     let dir = temp_dir("cluster-refuse");
-    run_node(&dir, node_opts(2, 2, 1, None), 20, SEG, false).unwrap();
-    let err = recover(&dir, node_opts(2, 2, 0, None)).err().unwrap();
-    assert!(err.contains("not --node 0's directory"), "{err}");
-    let err = recover(&dir, node_opts(2, 3, 1, None)).err().unwrap();
-    assert!(err.contains("not a multiple of --nodes 3"), "{err}");
+    let err = run_node(&dir, node_opts(2, 2, 1, None), 20, SEG, false).unwrap_err();
+    assert!(err.contains("needs --cluster-base"), "{err}");
+    run_node(&dir, node_opts(2, 2, 1, Some(0)), 20, SEG, false).unwrap();
+    // CLUSTER names the node it is.
+    for (nodes, node) in [(2, 0), (3, 1), (1, 0)] {
+        let err = recover(&dir, node_opts(2, nodes, node, None))
+            .err()
+            .unwrap();
+        assert!(err.contains("this data directory is node 1 of 2"), "{err}");
+    }
     let err = recover(&dir, node_opts(2, 2, 1, Some(5))).err().unwrap();
     assert!(
         err.contains("--cluster-base 5") && named_floor(&err) >= 40,
         "{err}"
     );
+    // Without CLUSTER (lost, or a directory written before it), the segments still tell.
+    fs::remove_file(dir.join(crate::store::identity::FILE)).unwrap();
+    let err = recover(&dir, node_opts(2, 2, 0, None)).err().unwrap();
+    assert!(err.contains("not --node 0's directory"), "{err}");
+    let err = recover(&dir, node_opts(2, 3, 1, None)).err().unwrap();
+    assert!(err.contains("not a multiple of --nodes 3"), "{err}");
     // Forgetting --nodes would hand out the other node's ids.
     let err = recover(&dir, node_opts(2, 1, 0, None)).err().unwrap();
     assert!(err.contains("looks like node 1 of 2"), "{err}");
     let err = recover(&dir, node_opts(65, 64, 1, None)).err().unwrap();
     assert!(err.contains("4160 stripes"), "{err}");
-    // The right flags go on in the same epoch.
+    // The right flags go on in the same epoch, and record CLUSTER again.
     let r = recover(&dir, node_opts(2, 2, 1, None)).unwrap();
     assert_eq!((r.base, r.records), (0, 20));
+    drop(r);
+    let err = recover(&dir, node_opts(2, 2, 0, None)).err().unwrap();
+    assert!(err.contains("this data directory is node 1 of 2"), "{err}");
+    let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
+fn cluster_records_a_new_epoch_before_its_first_segment() {
+    use crate::store::identity::{FILE, Identity};
+    let dir = temp_dir("cluster-file");
+    run_node(&dir, node_opts(1, 2, 0, Some(0)), 10, SEG, false).unwrap();
+    let first = Identity::load(&dir).unwrap().unwrap();
+    assert_eq!((first.base, first.nodes, first.node), (0, 2, 0));
+    // A start into a new cluster epoch that dies before any segment of it exists: the next
+    // start without the flag starts that epoch, not the old one with the new flags.
+    let r = recover(&dir, node_opts(1, 3, 2, Some(1000))).unwrap();
+    assert_eq!(r.base, 1000);
+    drop(r);
+    for seg in segments(&dir).iter().filter(|p| {
+        let name = p.file_name().unwrap().to_str().unwrap();
+        journal::parse_name_as(name, ".seg").is_some_and(|(h, _)| h.base == 1000)
+    }) {
+        fs::remove_file(seg).unwrap();
+    }
+    assert_eq!(Identity::load(&dir).unwrap().unwrap().base, 1000);
+    let ids = run_node(&dir, node_opts(1, 3, 2, None), 10, SEG, false).unwrap();
+    assert!(
+        ids.iter()
+            .all(|&id| id > 1000 && owner(id, 1000, 3) == Some(2)),
+        "{ids:?}"
+    );
+    // The old --cluster-base given again (as a script that always passes it would) is fine
+    // only while it is the recorded one; an older epoch's is refused.
+    let err = recover(&dir, node_opts(1, 2, 0, Some(0))).err().unwrap();
+    assert!(
+        err.contains("older than this node's cluster epoch"),
+        "{err}"
+    );
+    assert!(recover(&dir, node_opts(1, 3, 2, Some(1000))).is_ok());
+    // A damaged file refuses the start.
+    fs::write(dir.join(FILE), b"usaged cluster 1\nbase 1000\n").unwrap();
+    let err = recover(&dir, node_opts(1, 3, 2, None)).err().unwrap();
+    assert!(err.contains("CLUSTER is damaged"), "{err}");
     let _ = fs::remove_dir_all(dir);
 }
 
@@ -167,8 +221,11 @@ proptest! {
                 epochs.push((b2, nodes + 1));
                 base = Some(b2);
             }
-            let &(_, nn) = epochs.last().unwrap();
+            let &(b, nn) = epochs.last().unwrap();
             let node = k % nn;
+            // A node's first start is told the cluster epoch's base.
+            let first = fs::read_dir(&dirs[node as usize]).unwrap().next().is_none();
+            let base = base.or((first && nn > 1).then_some(b));
             let o = node_opts(workers, nn, node, base);
             let ids = run_node(&dirs[node as usize], o, n, SEG, crash).unwrap();
             got.entry(node).or_default().extend(ids);
