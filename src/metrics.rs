@@ -77,7 +77,10 @@ const COLD_READS: usize = ACCESS_LOG_DROPPED + 1;
 /// `BUCKET_COUNT` cold-read latency buckets (asked → read), not cumulative, and their sum.
 const COLD_HIST: usize = COLD_READS + COLD_RESULTS.len();
 const COLD_SUM_NS: usize = COLD_HIST + BUCKET_COUNT;
-const CELLS: usize = COLD_SUM_NS + 1;
+/// The highest id the worker's stripe may have handed out (its durable lease); the only cell
+/// whose total is the workers' maximum, not their sum.
+pub const ID_LEASE_END: usize = COLD_SUM_NS + 1;
+const CELLS: usize = ID_LEASE_END + 1;
 /// Results of `usaged_cold_reads_total` (a read that timed out counts in
 /// `usaged_timeouts_total{kind="cold"}`).
 pub const COLD_RESULTS: [&str; 3] = ["ok", "missing", "unreadable"];
@@ -293,9 +296,11 @@ impl Metrics {
     }
 
     pub fn totals(&self) -> Totals {
-        Totals {
-            cells: std::array::from_fn(|i| self.workers.iter().map(|w| w.get(i)).sum()),
-        }
+        let mut cells: [u64; CELLS] =
+            std::array::from_fn(|i| self.workers.iter().map(|w| w.get(i)).sum());
+        let lease_ends = self.workers.iter().map(|w| w.get(ID_LEASE_END));
+        cells[ID_LEASE_END] = lease_ends.max().unwrap_or(0);
+        Totals { cells }
     }
 
     /// The Prometheus text exposition of everything, appended to `out`.
@@ -401,8 +406,15 @@ impl Writer<'_> {
         }
     }
 
-    /// The journal's availability gauge and its time spent syncing.
+    /// The journal's availability gauge, its time spent syncing, and how far ids went.
     fn journal_gauges(&mut self, t: &Totals) {
+        self.family(
+            "usaged_id_lease_end",
+            "gauge",
+            "The highest id this node may have handed out (its stripes' durable id leases): a \
+             new cluster epoch's --cluster-base must lie past every node's.",
+        );
+        self.sample("usaged_id_lease_end", &[], t.cells[ID_LEASE_END]);
         self.family(
             "usaged_journal_unavailable",
             "gauge",

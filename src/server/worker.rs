@@ -365,18 +365,21 @@ impl Worker {
     /// Hand the records stored so far to the journal thread, if it is free (else they go with
     /// the next batch: group commit).
     fn commit(&mut self, app: &mut App) {
+        let m = self.metrics.worker(self.index);
         let Some(c) = &mut self.committer else {
+            m.set(metrics::ID_LEASE_END, app.writer.last_id());
             return;
         };
         if let Some((batch, last_id)) = app.writer.batch_mut() {
             c.submit(batch, last_id);
         }
-        let (status, m) = (c.status(), self.metrics.worker(self.index));
+        let status = c.status();
         for (cell, v) in [
             (metrics::JOURNAL_BYTES, &status.bytes_written),
             (metrics::JOURNAL_FSYNCS, &status.syncs),
             (metrics::JOURNAL_FSYNC_NS, &status.sync_ns),
             (metrics::JOURNAL_ERRORS, &status.errors),
+            (metrics::ID_LEASE_END, &status.lease),
         ] {
             m.set(cell, v.load(Ordering::Relaxed));
         }

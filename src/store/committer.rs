@@ -114,6 +114,9 @@ pub struct Status {
     pub bytes_written: AtomicU64,
     pub syncs: AtomicU64,
     pub sync_ns: AtomicU64,
+    /// The stripe's durable id lease (or its last id, when that is higher): no id of it past
+    /// this was handed out, by this run or any before it.
+    pub lease: AtomicU64,
 }
 
 impl Status {
@@ -208,6 +211,7 @@ impl Committer {
         wake: Box<dyn Fn() + Send + Sync>,
     ) -> io::Result<Committer> {
         let segment = Segment::create(setup)?;
+        segment.publish(&status);
         let shared = Arc::new(Shared {
             handoff: Mutex::new(Handoff {
                 spare: Some(Vec::with_capacity(256 * 1024)),
@@ -375,6 +379,8 @@ fn run(shared: &Shared, mut seg: Segment) {
                 }
                 b.bytes.clear();
                 shared.lock().spare = Some(b.bytes);
+                // Before the answers go: a scrape after an answer sees its id's lease.
+                seg.publish(status);
                 shared.done.store(b.seq, Ordering::SeqCst);
                 if shared.sleeping.load(Ordering::SeqCst) {
                     (shared.wake)();
@@ -386,9 +392,9 @@ fn run(shared: &Shared, mut seg: Segment) {
             }
             None => {
                 persist(shared, &mut seg, Segment::idle);
+                seg.publish(status);
             }
         }
-        seg.publish(status);
     }
 }
 

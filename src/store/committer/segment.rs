@@ -442,5 +442,7 @@ impl Segment {
             .store(self.bytes_written, Ordering::Relaxed);
         status.syncs.store(self.syncs, Ordering::Relaxed);
         status.sync_ns.store(self.sync_ns, Ordering::Relaxed);
+        let lease = self.lease.max(self.last_id);
+        status.lease.store(lease, Ordering::Relaxed);
     }
 }
