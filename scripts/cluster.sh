@@ -10,7 +10,7 @@
 #   scripts/cluster.sh grow DIR M             adds nodes up to M: a new cluster epoch
 #   scripts/cluster.sh stop DIR               HAProxy, then every node
 #
-# DIR holds everything: nodeK/{data,log,pid,port,epoch} per node, `epochs` (one `BASE NODES`
+# DIR holds everything: nodeK/{data,log,pid,port} per node, `epochs` (one `BASE NODES`
 # line per cluster epoch, oldest first), haproxy.{cfg,pid,sock,log}, `port`, `bin`.
 # The usaged binary: $USAGED, else target/release/usaged, else target/debug/usaged, else
 # `usaged` on PATH. Nodes run with `--threads ${USAGED_THREADS:-1} --drain-grace
@@ -53,9 +53,6 @@ find_haproxy() {
   done
   die "haproxy is still missing after apt-get"
 }
-
-# Whether the usaged binary takes --node/--nodes/--cluster-base (issue 12's node identity).
-has_node_flags() { "$BIN" --help 2>/dev/null | grep -q -- '--nodes'; }
 
 # Alive and not a zombie (a node outlives the cluster.sh that started it; its new parent may
 # not reap it at once).
@@ -109,12 +106,10 @@ start_node() {
   mkdir -p "$d/data"
   local flags=(--bind 127.0.0.1 --port "$port" --data-dir "$d/data" --no-pin
     --threads "${USAGED_THREADS:-1}" --drain-grace "${USAGED_DRAIN_GRACE:-2}")
-  if has_node_flags; then
-    local base n; read -r base n < <(latest_epoch)
-    flags+=(--node "$k" --nodes "$n")
-    # A node joins a newer epoch once, with its base; later starts continue that epoch.
-    [[ $(cat "$d/epoch" 2>/dev/null || echo 0) == "$base" ]] || flags+=(--cluster-base "$base")
-  fi
+  local base n; read -r base n < <(latest_epoch)
+  # Always the latest cluster epoch's base: a new node or a node joining the epoch starts it;
+  # a node already in it (its data dir's CLUSTER says so) goes on.
+  flags+=(--node "$k" --nodes "$n" --cluster-base "$base")
   touch "$d/log"
   local from; from=$(($(wc -l < "$d/log") + 1))
   # shellcheck disable=SC2086
@@ -132,7 +127,6 @@ start_node() {
   done
   echo "$pid" > "$d/pid"
   echo "${addr##*:}" > "$d/port"
-  has_node_flags && read -r base _ < <(latest_epoch) && echo "$base" > "$d/epoch"
   return 0
 }
 
@@ -209,9 +203,6 @@ cmd_start() {
   echo "$BIN" > "$DIR/bin"
   echo "$port" > "$DIR/port"
   echo "0 $nodes" > "$DIR/epochs"
-  has_node_flags ||
-    echo "cluster.sh: warning: $BIN has no --node/--nodes: the nodes' ids are NOT unique" \
-      "across nodes, and GETs through HAProxy may reach the wrong node" >&2
   local k
   for ((k = 0; k < nodes; k++)); do start_node "$k" 0 || die "node $k did not start"; done
   write_config
@@ -244,38 +235,37 @@ cmd_restart() {
   echo "cluster restarted ($n nodes)"
 }
 
-# The highest id node K has handed out: the largest `usaged_last_id` sample at its /metrics;
-# without that metric, the last id `usaged export` reads from its journal (a running node's
-# directory reads as a consistent prefix; this reads the whole journal, so it is slow on a
-# large one). The margin in cmd_grow covers what the node hands out meanwhile.
+# The highest id node K may have handed out: `usaged_id_lease_end` at its /metrics (its
+# stripes' durable id leases); for a node that does not answer, the last id `usaged export`
+# reads from its journal (slow on a large one; the margin in cmd_grow covers its lease).
 last_id_of() {
-  local m; m=$(http_get "$(cat "$DIR/node$1/port")" /metrics)
-  if echo "$m" | grep -q '^usaged_last_id[{ ]'; then
-    echo "$m" | awk '/^usaged_last_id[{ ]/ {v = $NF + 0; if (v > max) max = v}
-      END {printf "%.0f\n", max}'
+  local m; m=$(http_get "$(cat "$DIR/node$1/port")" /metrics 2>/dev/null) || m=""
+  if echo "$m" | grep -q '^usaged_id_lease_end '; then
+    echo "$m" | awk '/^usaged_id_lease_end / {printf "%.0f\n", $2}'
     return
   fi
   local last
   last=$("$BIN" export --data-dir "$DIR/node$1/data" --format csv | tail -n 1 | cut -d, -f1) ||
-    die "node $1: no usaged_last_id at /metrics, and usaged export failed"
+    die "node $1: no usaged_id_lease_end at /metrics, and usaged export failed"
   [[ $last =~ ^[0-9]+$ ]] || last=0  # only the CSV header: no usage yet
   echo "$last"
 }
 
 # Grow to M nodes: a new cluster epoch (B2, M) with B2 past every id issued so far plus a
-# margin ($USAGED_GROW_MARGIN, 2^32 by default) that the old nodes cannot use up while the
-# grow runs. HAProxy gets the new epoch and nodes first (old nodes still issue ids below B2,
-# routed by the old epochs), then each old node is rolled into the new epoch.
+# margin ($USAGED_GROW_MARGIN, 2^40 by default: 2^28 usages for each of up to 4096 stripes,
+# the journal's most, and any node's lease of 2^20 slots) that the old nodes cannot use up
+# while the grow runs. HAProxy gets the new epoch and nodes first (old nodes still issue ids
+# below B2, routed by the old epochs), then each old node is rolled into the new epoch; a
+# node whose ids passed B2 meanwhile refuses to start, naming its floor.
 cmd_grow() {
   local m=$1 n; n=$(node_count)
-  has_node_flags || die "$BIN has no --node/--nodes/--cluster-base: cannot grow"
   [[ $m =~ ^[0-9]+$ && $m -gt $n && $m -le 64 ]] || die "M: more than $n nodes, at most 64"
   local k max=0 id
   for ((k = 0; k < n; k++)); do
     id=$(last_id_of "$k") || exit 1
     ((id > max)) && max=$id
   done
-  local b2=$((max + ${USAGED_GROW_MARGIN:-4294967296}))
+  local b2=$((max + ${USAGED_GROW_MARGIN:-1099511627776}))
   ((b2 < 1 << 52)) || die "the new epoch's base $b2 is not below 2^52"
   echo "$b2 $m" >> "$DIR/epochs"
   for ((k = n; k < m; k++)); do

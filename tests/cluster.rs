@@ -49,10 +49,21 @@ fn two_nodes_hand_out_disjoint_ids_and_answer_only_their_own() {
     let flags = |k: &'static str, threads: &'static str| {
         ["--nodes", "2", "--node", k, "--threads", threads]
     };
-    let mut nodes = [
-        Server::start(&flags("0", "2")),
-        Server::start(&flags("1", "3")),
-    ];
+    // A new node of a cluster must be told the cluster epoch's base.
+    let fresh = util::temp_data_dir();
+    let out = usaged_run(&fresh, &flags("0", "2"));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("needs --cluster-base"),
+        "{said}"
+    );
+    let _ = std::fs::remove_dir_all(&fresh);
+    let first = |k, t| {
+        let mut f = flags(k, t).to_vec();
+        f.extend(["--cluster-base", "0"]);
+        Server::start(&f)
+    };
+    let mut nodes = [first("0", "2"), first("1", "3")];
     let mut ids: [Vec<u64>; 2] = Default::default();
     for (k, s) in nodes.iter().enumerate() {
         let mut c = s.connect();
@@ -60,6 +71,13 @@ fn two_nodes_hand_out_disjoint_ids_and_answer_only_their_own() {
         let m = c.request("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").text();
         let info = format!("usaged_node_info{{node=\"{k}\",nodes=\"2\"}} 1\n");
         assert!(m.contains(&info), "{m}");
+        // The lease end bounds every id the node handed out (a growth's base goes past it).
+        let lease_end: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("usaged_id_lease_end "))
+            .and_then(|v| v.parse().ok())
+            .expect("usaged_id_lease_end");
+        assert!(lease_end >= *ids[k].iter().max().unwrap(), "{lease_end}");
     }
     check(&mut nodes, &ids);
     // Restarts with other thread counts go on in each node's residue.
@@ -69,6 +87,14 @@ fn two_nodes_hand_out_disjoint_ids_and_answer_only_their_own() {
         s.data_dir.clone()
     });
     drop(nodes);
+    // Their data dirs say which node each is (CLUSTER): swapped flags are refused.
+    let out = usaged_run(&dirs[0], &flags("1", "3"));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("is node 0 of 2"),
+        "{said}"
+    );
+    // Later starts go on without --cluster-base.
     let mut nodes = [
         Server::start_in(&dirs[0], &flags("0", "3")),
         Server::start_in(&dirs[1], &flags("1", "1")),
@@ -84,4 +110,22 @@ fn two_nodes_hand_out_disjoint_ids_and_answer_only_their_own() {
         assert_eq!(lines, ids[k].len(), "node {k}");
         s.keep_data = false;
     }
+}
+
+/// Run the binary on `dir` with `extra` until it exits (a start that is refused).
+fn usaged_run(dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_usaged"))
+        .args([
+            "--port",
+            "0",
+            "--no-pin",
+            "--bind",
+            "127.0.0.1",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run usaged")
 }

@@ -1,10 +1,10 @@
 //! usaged nodes behind HAProxy (issue 12; `tests/cluster.rs` tests the nodes themselves): the
 //! generated config routes each read to the node that owns its id (HAProxy's own evaluation),
-//! and a cluster started by `scripts/cluster.sh` takes a rolling restart (and, with node identities, a growth 2 → 3) under load with no
-//! failed request.
+//! and a cluster started by `scripts/cluster.sh` takes a rolling restart and a growth 2 → 3
+//! under load with no failed request.
 //!
 //! HAProxy: `.ci/run` installs it, and `scripts/cluster.sh` tries apt-get when it is missing;
-//! a test without it prints `SKIPPED:` and why. Tests run one at a time (they share two CPUs).
+//! without it these tests fail. Tests run one at a time (they share two CPUs).
 
 mod util;
 
@@ -26,34 +26,21 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// HAProxy from `PATH` or the sbin directories; `None` after printing why the test skips.
-fn haproxy_binary() -> Option<PathBuf> {
+/// HAProxy from `PATH` or the sbin directories.
+fn haproxy_binary() -> PathBuf {
     let path = std::env::var("PATH").unwrap_or_default();
     let found = path
         .split(':')
         .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"])
         .map(|d| Path::new(d).join("haproxy"))
         .find(|p| p.is_file());
-    if found.is_none() {
-        println!("SKIPPED: haproxy is not installed (apt-get install haproxy; .ci/run does)");
-    }
-    found
+    found.expect("haproxy is not installed (apt-get install haproxy; .ci/run does)")
 }
 
 /// A free loopback port: bound to port 0, then released for HAProxy to take.
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
-}
-
-/// Whether this usaged takes `--node/--nodes/--cluster-base` (issue 12's node identity): only
-/// then are ids unique across nodes, so that reads through HAProxy can find them.
-fn has_node_flags() -> bool {
-    let out = Command::new(env!("CARGO_BIN_EXE_usaged"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains("--nodes")
 }
 
 fn connect(port: u16) -> (TcpStream, BufReader<TcpStream>) {
@@ -87,7 +74,7 @@ impl Drop for Haproxy {
 #[test]
 fn haproxy_sends_each_read_to_the_owner_of_its_id() {
     let _g = serial();
-    let Some(bin) = haproxy_binary() else { return };
+    let bin = haproxy_binary();
     let servers: Vec<Server> = (0..3)
         .map(|_| Server::start(&["--in-memory", "--threads", "1"]))
         .collect();
@@ -216,9 +203,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// `cluster.sh start DIR NODES PORT`; `None` (printed) when HAProxy is missing and could
-    /// not be installed.
-    fn start(nodes: usize) -> Option<Cluster> {
+    /// `cluster.sh start DIR NODES PORT` (which installs HAProxy when it is missing).
+    fn start(nodes: usize) -> Cluster {
         let dir = temp_data_dir();
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
@@ -226,14 +212,10 @@ impl Cluster {
         let c = Cluster { dir, port };
         let out = script(&["start", &d, &nodes.to_string(), &port.to_string()]);
         let said = text(&out);
-        if !out.status.success() && said.contains("haproxy") && said.contains("apt-get") {
-            println!("SKIPPED: {said}");
-            return None;
-        }
         assert!(out.status.success(), "cluster.sh start: {said}");
         let want = format!("cluster listening on 127.0.0.1:{port} ({nodes} nodes)");
         assert!(said.contains(&want), "{said}");
-        Some(c)
+        c
     }
 
     fn run(&self, args: &[&str]) -> String {
@@ -451,22 +433,15 @@ fn get_while(port: u16, acked: &[(u64, String)], stop: &AtomicBool) -> (usize, V
 }
 
 /// `cluster.sh start DIR 2 PORT`; 20,000 POSTs over 8 keep-alive connections through HAProxy
-/// while `cluster.sh restart` rolls both nodes: no error, no answer but 201. With node
-/// identities, every id is distinct and reads back through HAProxy from its owner; then
+/// while `cluster.sh restart` rolls both nodes: no error, no answer but 201; every id is
+/// distinct and reads back through HAProxy from its owner; then
 /// `cluster.sh grow DIR 3` under load, a rolling restart of the three with GETs as well as
 /// POSTs, and the same checks over the whole set.
 #[test]
 fn a_rolling_restart_and_a_growth_under_load_fail_no_request() {
     let _g = serial();
-    let Some(c) = Cluster::start(2) else { return };
+    let c = Cluster::start(2);
     let mut acked = under_load(&c, "restart", 20_000, || c.run(&["restart"])).acked;
-    if !has_node_flags() {
-        println!(
-            "SKIPPED (ids, read-back, growth): this usaged has no --node/--nodes, so two nodes \
-             hand out the same ids; issue 12's node identity makes this part live"
-        );
-        return;
-    }
     read_back(&c, &acked);
     acked.extend(under_load(&c, "grow", 5_000, || c.run(&["grow", "3"])).acked);
     // Reads too: a restarting node's GETs wait in HAProxy's retries, none fails.
