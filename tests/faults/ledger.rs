@@ -374,7 +374,12 @@ impl Ledger {
     /// After a fault: a plain restart serves every acknowledged usage exactly, new POSTs get
     /// ids never handed out before, SIGTERM exits 0, and `export` lists exactly what is stored.
     pub fn verify(&mut self, dir: &Path, threads: u32) {
-        let mut s = Usaged::start(dir, threads, &[]);
+        self.verify_with(dir, threads, &[]);
+    }
+
+    /// [`Ledger::verify`], the restart with `flags` (a node of a cluster).
+    pub fn verify_with(&mut self, dir: &Path, threads: u32, flags: &[&str]) {
+        let mut s = Usaged::start(dir, threads, flags);
         self.check_reads(&s);
         let mut c = s.conn();
         let sent = self.post(&mut c, 20, Duration::from_secs(10));
