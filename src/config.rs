@@ -319,8 +319,9 @@ struct Serve {
     #[arg(long, value_name = "N", default_value = "1", allow_negative_numbers = true,
           value_parser = count(1, 64))]
     nodes: usize,
-    /// Start a new cluster epoch whose ids are past B (growing the cluster): B must be past
-    /// every id the cluster handed out, below 2^52 [default: go on with the latest epoch]
+    /// The cluster epoch whose ids are past B: 0 for a new cluster, past every id the cluster
+    /// handed out to grow it (below 2^52); needed at a node's first start when --nodes > 1,
+    /// then kept in the data dir's CLUSTER file [default: the epoch CLUSTER names]
     #[arg(long, value_name = "B", allow_negative_numbers = true,
           value_parser = RangedU64ValueParser::<u64>::new().range(0..1 << 52))]
     cluster_base: Option<u64>,

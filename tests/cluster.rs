@@ -91,7 +91,7 @@ fn two_nodes_hand_out_disjoint_ids_and_answer_only_their_own() {
     let out = usaged_run(&dirs[0], &flags("1", "3"));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && said.contains("is node 0 of 2"),
+        !out.status.success() && said.contains("is node 0 (of 2"),
         "{said}"
     );
     // Later starts go on without --cluster-base.

@@ -227,7 +227,8 @@ fn plan_and_record(
     let file = Identity::load(dir)?;
     let empty = scans.is_empty() && marks.below.is_empty() && marks.id_floor == 0;
     let latest = plan::latest_base(scans, marks);
-    let (base, record) = plan::resolve(file, cluster, latest, empty)?;
+    let alone = plan::alone(scans, marks);
+    let (base, record) = plan::resolve(file, cluster, latest, empty, alone)?;
     let plan = plan(scans, layout, base, marks, false)?;
     let base = match record {
         plan::Record::Unchanged => return Ok(plan),

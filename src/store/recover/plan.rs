@@ -269,16 +269,31 @@ pub(super) enum Record {
 ///   newer cluster epoch; an older `--cluster-base` is refused, and the file's own (or one of
 ///   its node epochs, same residue) counts as given again. A recorded epoch with no segment
 ///   yet (a crash right after the file was written) is started again at its base.
+/// - A node's number never changes (its old ids are routed to it by number): `--node` must
+///   be the file's even with a new `--cluster-base`.
 /// - Without one: a new node of a cluster of more than one must be given `--cluster-base`
-///   (base 0 could repeat the ids of an epoch the cluster has outgrown).
+///   (base 0 could repeat the ids of an epoch the cluster has outgrown). A directory with
+///   segments but no file was a server alone (`alone`: its newest epoch has every stripe),
+///   node 0, or a node whose file was lost: a new `--cluster-base` is refused for it unless it
+///   is the first (the server alone) becoming node 0.
 pub(super) fn resolve(
     file: Option<Identity>,
     cluster: Cluster,
     latest: Option<u64>,
     empty: bool,
+    alone: bool,
 ) -> Result<(Option<u64>, Record), String> {
     let Some(f) = file else {
         if let Some(b) = cluster.base {
+            if !empty && !(alone && cluster.node == 0) {
+                return Err(format!(
+                    "{} is missing and the segments cannot prove this directory is --node {}: \
+                     restore {} (a server alone joins a cluster as --node 0)",
+                    identity::FILE,
+                    cluster.node,
+                    identity::FILE
+                ));
+            }
             return Ok((Some(b), Record::At(b)));
         }
         if empty && cluster.nodes > 1 {
@@ -291,6 +306,17 @@ pub(super) fn resolve(
         }
         return Ok((None, Record::Current));
     };
+    if cluster.node != f.node {
+        return Err(format!(
+            "this data directory is node {} (of {}, cluster epoch base {}, in {}): a node keeps \
+             its number in every epoch; start it with --node {}",
+            f.node,
+            f.nodes,
+            f.base,
+            identity::FILE,
+            f.node
+        ));
+    }
     match cluster.base {
         Some(b) if b > f.base => return Ok((Some(b), Record::At(b))),
         Some(b) if (f.base - b) % u64::from(f.nodes) != 0 => {
@@ -316,6 +342,12 @@ pub(super) fn resolve(
     }
     let started = latest.is_some_and(|l| l >= f.base);
     Ok((if started { None } else { Some(f.base) }, Record::Unchanged))
+}
+
+/// Whether the newest epoch on disk has a trace of every one of its stripes (a server alone
+/// writes them all; a node of a cluster only its own).
+pub(super) fn alone(scans: &BTreeMap<StripeKey, StripeScan>, marks: &Marks) -> bool {
+    latest_layout(scans, marks).is_some_and(|key| traces(scans, marks, key).len() == key.1 as usize)
 }
 
 /// The base of the newest epoch with a segment or a retention mark.

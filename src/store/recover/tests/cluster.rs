@@ -117,7 +117,7 @@ fn a_layout_that_contradicts_the_directory_is_refused() {
         let err = recover(&dir, node_opts(2, nodes, node, None))
             .err()
             .unwrap();
-        assert!(err.contains("this data directory is node 1 of 2"), "{err}");
+        assert!(err.contains("this data directory is node 1"), "{err}");
     }
     let err = recover(&dir, node_opts(2, 2, 1, Some(5))).err().unwrap();
     assert!(
@@ -140,7 +140,7 @@ fn a_layout_that_contradicts_the_directory_is_refused() {
     assert_eq!((r.base, r.records), (0, 20));
     drop(r);
     let err = recover(&dir, node_opts(2, 2, 0, None)).err().unwrap();
-    assert!(err.contains("this data directory is node 1 of 2"), "{err}");
+    assert!(err.contains("this data directory is node 1"), "{err}");
     let _ = fs::remove_dir_all(dir);
 }
 
@@ -153,7 +153,7 @@ fn cluster_records_a_new_epoch_before_its_first_segment() {
     assert_eq!((first.base, first.nodes, first.node), (0, 2, 0));
     // A start into a new cluster epoch that dies before any segment of it exists: the next
     // start without the flag starts that epoch, not the old one with the new flags.
-    let r = recover(&dir, node_opts(1, 3, 2, Some(1000))).unwrap();
+    let r = recover(&dir, node_opts(1, 3, 0, Some(1000))).unwrap();
     assert_eq!(r.base, 1000);
     drop(r);
     for seg in segments(&dir).iter().filter(|p| {
@@ -163,10 +163,10 @@ fn cluster_records_a_new_epoch_before_its_first_segment() {
         fs::remove_file(seg).unwrap();
     }
     assert_eq!(Identity::load(&dir).unwrap().unwrap().base, 1000);
-    let ids = run_node(&dir, node_opts(1, 3, 2, None), 10, SEG, false).unwrap();
+    let ids = run_node(&dir, node_opts(1, 3, 0, None), 10, SEG, false).unwrap();
     assert!(
         ids.iter()
-            .all(|&id| id > 1000 && owner(id, 1000, 3) == Some(2)),
+            .all(|&id| id > 1000 && owner(id, 1000, 3) == Some(0)),
         "{ids:?}"
     );
     // The old --cluster-base given again (as a script that always passes it would) is fine
@@ -176,10 +176,10 @@ fn cluster_records_a_new_epoch_before_its_first_segment() {
         err.contains("older than this node's cluster epoch"),
         "{err}"
     );
-    assert!(recover(&dir, node_opts(1, 3, 2, Some(1000))).is_ok());
+    assert!(recover(&dir, node_opts(1, 3, 0, Some(1000))).is_ok());
     // A damaged file refuses the start.
     fs::write(dir.join(FILE), b"usaged cluster 1\nbase 1000\n").unwrap();
-    let err = recover(&dir, node_opts(1, 3, 2, None)).err().unwrap();
+    let err = recover(&dir, node_opts(1, 3, 0, None)).err().unwrap();
     assert!(err.contains("CLUSTER is damaged"), "{err}");
     let _ = fs::remove_dir_all(dir);
 }
@@ -242,5 +242,82 @@ proptest! {
         for d in dirs {
             let _ = fs::remove_dir_all(d);
         }
+    }
+}
+
+/// Review (issue 12): `--cluster-base B` given again (a supervisor's fixed flags) after the
+/// node went on to a node-local epoch of `B` (a crash with the lease ahead, a `--threads`
+/// change) goes on as without the flag, not refused as "not past every id".
+#[test]
+fn the_same_cluster_base_again_after_a_node_local_epoch_goes_on() {
+    let dir = temp_dir("cluster-again");
+    let b2 = 1000;
+    let mut ids = run_node(&dir, node_opts(2, 3, 1, Some(b2)), 100, SEG, true).unwrap();
+    // The lease is ahead: this start moves to a node-local epoch past it, still of `b2`.
+    ids.extend(run_node(&dir, node_opts(2, 3, 1, Some(b2)), 30, SEG, false).unwrap());
+    let r = recover(&dir, node_opts(2, 3, 1, None)).unwrap();
+    assert!(r.base > b2 && (r.base - b2).is_multiple_of(3), "{}", r.base);
+    drop(r);
+    let again = run_node(&dir, node_opts(2, 3, 1, Some(b2)), 30, SEG, false);
+    let again = again.unwrap_or_else(|e| panic!("the same --cluster-base is refused: {e}"));
+    ids.extend(again);
+    check_ids(&HashMap::from([(1, ids)]), &[(b2, 3)]);
+    let _ = fs::remove_dir_all(dir);
+}
+
+/// Review (issue 12): a fresh cluster's nodes start with `--cluster-base 0`: no id is at or
+/// below 0, so nothing contradicts it.
+#[test]
+fn cluster_base_zero_on_an_empty_directory_starts() {
+    let dir = temp_dir("cluster-zero");
+    let ids = run_node(&dir, node_opts(1, 2, 1, Some(0)), 5, SEG, false);
+    assert_eq!(ids.unwrap(), [2, 4, 6, 8, 10]);
+    let _ = fs::remove_dir_all(dir);
+}
+
+/// Review (issue 12): `--cluster-base` must not skip the check of the directory against
+/// `--node`: node 1's directory started as `--node 0` when growing would hand out node 0's ids
+/// of the new epoch a second time, and node 1's old ids would no longer be served by the
+/// backend HAProxy sends them to. Refused with CLUSTER, and without it (lost) too.
+#[test]
+fn a_cluster_base_start_with_another_nodes_directory_is_refused() {
+    let dirs: Vec<PathBuf> = (0..2).map(|_| temp_dir("cluster-swap")).collect();
+    let old0 = run_node(&dirs[0], node_opts(2, 2, 0, Some(0)), 20, SEG, false).unwrap();
+    let old1 = run_node(&dirs[1], node_opts(2, 2, 1, Some(0)), 20, SEG, false).unwrap();
+    let b2 = old0.iter().chain(&old1).max().unwrap() + 1;
+    let new0 = run_node(&dirs[0], node_opts(2, 3, 0, Some(b2)), 10, SEG, false).unwrap();
+    for lost in [false, true] {
+        if lost {
+            fs::remove_file(dirs[1].join(crate::store::identity::FILE)).unwrap();
+        }
+        // Node 1's directory, given node 0's identity by mistake.
+        let swapped = run_node(&dirs[1], node_opts(2, 3, 0, Some(b2)), 10, SEG, false);
+        let twice: Vec<u64> = swapped
+            .iter()
+            .flatten()
+            .filter(|id| new0.contains(id))
+            .copied()
+            .collect();
+        let err = swapped.expect_err(&format!("ids {twice:?} handed out twice (lost {lost})"));
+        assert!(
+            err.contains("node 1") || err.contains("CLUSTER is missing"),
+            "{err}"
+        );
+    }
+    // A server alone (every stripe of its epoch) joins a cluster as node 0, not as another.
+    let alone = temp_dir("cluster-alone");
+    let before = run(&alone, 2, 20);
+    fs::remove_file(alone.join(crate::store::identity::FILE)).unwrap();
+    let err = recover(&alone, node_opts(2, 2, 1, Some(100)))
+        .err()
+        .unwrap();
+    assert!(err.contains("CLUSTER is missing"), "{err}");
+    let after = run_node(&alone, node_opts(2, 2, 0, Some(100)), 10, SEG, false).unwrap();
+    assert!(
+        after.iter().all(|&id| id > 100 && id % 2 == 1),
+        "{after:?} after {before:?}"
+    );
+    for d in dirs.into_iter().chain([alone]) {
+        let _ = fs::remove_dir_all(d);
     }
 }
