@@ -285,7 +285,8 @@ pub(super) fn resolve(
 ) -> Result<(Option<u64>, Record), String> {
     let Some(f) = file else {
         if let Some(b) = cluster.base {
-            if !empty && !(alone && cluster.node == 0) {
+            let server_alone_as_node_0 = alone && cluster.node == 0;
+            if !(empty || server_alone_as_node_0) {
                 return Err(format!(
                     "{} is missing and the segments cannot prove this directory is --node {}: \
                      restore {} (a server alone joins a cluster as --node 0)",
