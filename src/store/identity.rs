@@ -48,7 +48,7 @@ impl Identity {
         format!("{body}crc32c {crc:08x}\n")
     }
 
-    /// Parse and bound a file's bytes: base below half the id space, `1 ≤ nodes ≤
+    /// Parse and bound a file's bytes: base below the id space's end, `1 ≤ nodes ≤
     /// MAX_NODES`, `node < nodes`, checksum right.
     pub fn decode(b: &[u8]) -> Result<Identity, String> {
         let text = std::str::from_utf8(b).map_err(|_| "not text".to_string())?;
@@ -79,7 +79,7 @@ impl Identity {
         let [Some(base), Some(nodes), Some(node)] = fields else {
             return Err("base, nodes or node missing".into());
         };
-        if base >= MAX_ID / 2 || nodes == 0 || nodes > u64::from(MAX_NODES) || node >= nodes {
+        if base >= MAX_ID || nodes == 0 || nodes > u64::from(MAX_NODES) || node >= nodes {
             return Err(format!(
                 "out of bounds: base {base}, nodes {nodes}, node {node}"
             ));
@@ -158,7 +158,8 @@ mod tests {
             Identity::decode(format!("{body}crc32c {crc:08x}\n").as_bytes())
         };
         assert!(with(7, 2, 1).is_ok());
-        assert!(with(MAX_ID / 2, 2, 1).is_err());
+        assert!(with(MAX_ID / 2, 2, 1).is_ok());
+        assert!(with(MAX_ID, 2, 1).is_err());
         assert!(with(7, 0, 0).is_err());
         assert!(with(7, u64::from(MAX_NODES) + 1, 0).is_err());
         assert!(with(7, 2, 2).is_err());

@@ -74,9 +74,11 @@ pub(super) fn plan(
         *unclean.entry((base, n)).or_default() |=
             s.lease > s.last_id || s.lost_bytes > 0 || no_lease;
     }
-    if floor >= MAX_ID / 2 {
+    // Ids go up to 2^53 (a running writer refuses past it); a start with none left for this
+    // node would only answer 503.
+    if floor >= MAX_ID - u64::from(layout.nodes) {
         return Err(format!(
-            "ids reach {floor}: past half the id space; refusing to start"
+            "ids reach {floor}: the id space (2^53) is used up; refusing to start"
         ));
     }
     let mut epochs: Vec<(u64, u32)> = holding

@@ -321,3 +321,18 @@ fn a_cluster_base_start_with_another_nodes_directory_is_refused() {
         let _ = fs::remove_dir_all(d);
     }
 }
+
+/// Ids past 2^52 (half the id space) still restart: a cluster epoch from a base just below
+/// 2^52 goes on past it, over restarts and a crash with the lease ahead, up to 2^53.
+#[test]
+fn ids_past_half_the_id_space_still_restart() {
+    let dir = temp_dir("cluster-half");
+    let b = (1u64 << 52) - 10;
+    let mut ids = run_node(&dir, node_opts(2, 2, 1, Some(b)), 40, SEG, true).unwrap();
+    for _ in 0..2 {
+        ids.extend(run_node(&dir, node_opts(2, 2, 1, None), 40, SEG, false).unwrap());
+    }
+    assert!(ids.iter().any(|&id| id > 1 << 52), "{ids:?}");
+    check_ids(&HashMap::from([(1, ids)]), &[(b, 2)]);
+    let _ = fs::remove_dir_all(dir);
+}
