@@ -9,7 +9,11 @@
 //! - header, 32 bytes: magic `USAGEDJ1`, version `u32` (2), stripes `u32`, stripe `u32`,
 //!   CRC32C `u32` of bytes `0..20` and `24..32` (version 1: 0, unchecked), epoch base `u64`
 //!   (ids of this layout are `base + stripe + 1 + k·stripes`). Every number is bounded before
-//!   use and must agree with the file name.
+//!   use and must agree with the file name. In a cluster (`--nodes N`, `--node K`, `S`
+//!   workers) `stripes` and `stripe` are global: `N·S` and `s·N + K` for worker `s`, so an id
+//!   is `base + 1 + K + N·(s + S·k)` and names its node as `(id − base − 1) mod N`; a node's
+//!   directory holds only its own stripes (the README's Scale-out; the node's identity is in
+//!   `CLUSTER`, `identity.rs`).
 //! - records, each: payload length `u16`, CRC32C of the payload `u32`, then the payload: id
 //!   `u64`, instant in epoch milliseconds `i64`, UTC offset in minutes `i16`, patient kind `u8`
 //!   (0 number, 1 string, 2 lease), patient length `u8`, medication length `u8`, the patient (a
