@@ -31,6 +31,11 @@
 //! segment seals, the journal thread indexes it ([`store::index`]) and puts it in the
 //! [`store::segments`] table, and the cache may recycle its slots; [`store::retention`]
 //! removes old segments.
+//!
+//! Many nodes: each is started as `--node K --nodes N` and hands out only ids whose
+//! `(id − base − 1) mod N` is `K` ([`store::ids::Layout`], recorded in the data directory by
+//! [`store::identity`]); [`cluster`] writes the HAProxy configuration that sends each read to
+//! the node owning its id.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 

@@ -5,7 +5,8 @@
 //! which seals full segments into the [`segments`] table and gives each a side index
 //! ([`index`]); usages no longer in RAM are read back from there ([`cold`]), and [`retention`]
 //! removes old segments. At start [`open`] sets the store up from the journal ([`recover`]:
-//! sealed segments by their index alone), and [`export`] prints it.
+//! sealed segments by their index alone; checked against the node's [`identity`] in a
+//! cluster), and [`export`] prints it.
 #![forbid(unsafe_code)]
 
 pub mod arena;
