@@ -44,6 +44,8 @@ pub struct Haproxy {
     pub tcp_port: Option<u16>,
     /// A stats socket (`show stat`, reloads), if any.
     pub stats_socket: Option<String>,
+    /// HAProxy's `nbthread`, if set (else HAProxy starts a thread per CPU it may run on).
+    pub nbthread: Option<usize>,
 }
 
 /// The owner of `id` under `epochs` (oldest first): the newest epoch with `base < id` decides.
@@ -172,6 +174,9 @@ fn global_and_defaults(out: &mut String, h: &Haproxy) {
     hard-stop-after 60s
 ",
     );
+    if let Some(n) = h.nbthread {
+        let _ = writeln!(out, "    nbthread {n}");
+    }
     if let Some(s) = &h.stats_socket {
         let _ = writeln!(
             out,

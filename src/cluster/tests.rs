@@ -14,6 +14,7 @@ fn config(nodes: usize, epochs: &[(u64, usize)]) -> Haproxy {
         port: 8080,
         tcp_port: Some(8081),
         stats_socket: Some("/tmp/x/haproxy.sock".into()),
+        nbthread: Some(2),
     }
 }
 
@@ -65,6 +66,7 @@ fn the_text_has_each_rule() {
         "option redispatch 1",
         "option idle-close-on-response",
         "hard-stop-after 60s",
+        "\n    nbthread 2\n",
         "stats socket /tmp/x/haproxy.sock mode 600 level admin",
         "server node0 127.0.0.1:4000 check\n",
         "server node2 127.0.0.1:4002 check\n",
@@ -97,10 +99,11 @@ fn without_epochs_one_epoch_spans_the_nodes_and_no_tcp_frontend() {
     let mut h = config(2, &[]);
     h.tcp_port = None;
     h.stats_socket = None;
+    h.nbthread = None;
     let text = render(&h).unwrap();
     assert!(text.contains("sub(1),mod(2) if"), "{text}");
     assert!(
-        !text.contains("mode tcp") && !text.contains("stats socket"),
+        !text.contains("mode tcp") && !text.contains("stats socket") && !text.contains("nbthread"),
         "{text}"
     );
     assert_eq!(backend_of(&text, 1), "node0");
