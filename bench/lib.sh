@@ -132,21 +132,26 @@ cleanup() {
 
 # --- Servers -----------------------------------------------------------------------------------
 
-# start_usaged [--bin BINARY] CPU FLAGS...: usaged (default: this checkout's release build)
-# pinned to CPU, on a port the kernel picks (--port 0; the port is read from its `listening on`
-# line), with a fresh journal in WORK/data unless FLAGS name --data-dir or --in-memory. Sets
-# USAGED_PID and USAGED_PORT.
+# start_usaged [--bin BINARY] [--name NAME] CPU FLAGS...: usaged (default: this checkout's
+# release build) pinned to CPU, on a port the kernel picks (--port 0; the port is read from its
+# `listening on` line), with a fresh journal in WORK/data unless FLAGS name --data-dir or
+# --in-memory. With a NAME (several servers at once), the journal is WORK/data/NAME and the log
+# WORK/NAME.err instead of WORK/usaged.err. Sets USAGED_PID and USAGED_PORT.
 start_usaged() {
-  local bin="$RELEASE/usaged"
+  local bin="$RELEASE/usaged" log="$WORK/usaged.err" dir="$WORK/data"
   if [[ $1 == --bin ]]; then
     bin=$2
     shift 2
   fi
+  if [[ $1 == --name ]]; then
+    log="$WORK/$2.err" dir="$WORK/data/$2"
+    shift 2
+  fi
   local cpu=$1
   shift
-  local log="$WORK/usaged.err" data=(--data-dir "$WORK/data")
+  local data=(--data-dir "$dir")
   if [[ " $* " == *" --data-dir "* || " $* " == *" --in-memory "* ]]; then data=(); fi
-  rm -rf "$WORK/data"
+  rm -rf "$dir"
   taskset -c "$cpu" "$bin" --port 0 --bind 127.0.0.1 "${data[@]}" "$@" 2>"$log" &
   USAGED_PID=$!
   for _ in $(seq 1 500); do
@@ -208,7 +213,7 @@ wait_port() {
 
 # warm_up PORT: a second of keep-alive POSTs, discarded.
 warm_up() {
-  taskset -c "$load_cpu" wrk -t1 -c64 -d1s -s "$ROOT/bench/post.lua" "http://127.0.0.1:$1/api/usages" >/dev/null
+  timeout 30 taskset -c "$load_cpu" wrk -t1 -c64 -d1s -s "$ROOT/bench/post.lua" "http://127.0.0.1:$1/api/usages" >/dev/null
 }
 
 # --- Measuring ---------------------------------------------------------------------------------
@@ -239,17 +244,19 @@ wrk_ms() {
 }
 
 # wrk_run PID RAW CONNS SCRIPT PORT [WRK_ARGS...]: one wrk run (one thread pinned to load_cpu,
-# for secs seconds, bench/SCRIPT, DEPTH=depth requests per write for pipeline.lua) against
-# 127.0.0.1:PORT, output in RAW, and the CPU time the server PID spends over it. Sets RPS, REQS,
-# ERRORS (non-2xx answers and socket errors; 1 when wrk reported nothing), CPU_US (server CPU
-# µs per request) and P50, P99 in ms: n/a for pipeline.lua, where wrk times a whole batch (from
-# its write to its last answer) once, not each request.
+# for secs seconds and killed if it runs 30 s longer, bench/SCRIPT, DEPTH=depth requests per
+# write for pipeline.lua) against 127.0.0.1:PORT, output in RAW, and the CPU time the server
+# PID spends over it. Sets RPS, REQS, ERRORS (non-2xx answers and socket errors; 1 when wrk
+# reported nothing), CPU_US (server CPU µs per request) and P50, P99 in ms: n/a for
+# pipeline.lua, where wrk times a whole batch (from its write to its last answer) once, not
+# each request.
 wrk_run() {
   local pid=$1 raw=$2 conns=$3 script=$4 port=$5 t0 t1
   shift 5
   t0=$(cpu_ticks "$pid")
-  DEPTH=${depth:-16} taskset -c "$load_cpu" wrk -t1 -c"$conns" -d"${secs}s" --latency "$@" \
-    -s "$ROOT/bench/$script" "http://127.0.0.1:$port/api/usages" >"$raw" 2>&1 || true
+  DEPTH=${depth:-16} timeout "$((secs + 30))" taskset -c "$load_cpu" \
+    wrk -t1 -c"$conns" -d"${secs}s" --latency "$@" -s "$ROOT/bench/$script" \
+    "http://127.0.0.1:$port/api/usages" >"$raw" 2>&1 || true
   t1=$(cpu_ticks "$pid")
   RPS=$(awk '/^Requests\/sec/ {print $2}' "$raw")
   REQS=$(awk '/requests in/ {print $1}' "$raw")

@@ -107,6 +107,7 @@ pub fn parse(
             port,
             tcp_port,
             stats_socket,
+            nbthread,
         }) => {
             let h = cluster::Haproxy {
                 nodes,
@@ -115,6 +116,7 @@ pub fn parse(
                 port,
                 tcp_port,
                 stats_socket,
+                nbthread,
             };
             cluster::check(&h).map_err(|e| format!("haproxy-config: {e}"))?;
             Ok(Command::HaproxyConfig(Box::new(h)))
@@ -165,7 +167,7 @@ fn one_line(e: &clap::Error) -> String {
     about = "A per-core event-loop HTTP server for the usages API.",
     override_usage = "usaged [OPTIONS]\n       usaged export [--data-dir <DIR>] [--format <FORMAT>]\n       \
                       usaged haproxy-config --node <HOST:PORT>... [--epoch <BASE:NODES>...] \
-                      [--port <N>] [--tcp-port <N>]",
+                      [--port <N>] [--tcp-port <N>] [--stats-socket <PATH>] [--nbthread <N>]",
     after_help = "SIZE: bytes (65536), or a whole number with B, KiB, MiB, GiB or TiB (64KiB, \
                   1GiB).\nDURATION: seconds (10, 0.5), or a number with ms, s, m, h or d \
                   (500ms, 90s, 2m, 1.5h, 1d); from 0.1 seconds to 1 day, except --retain.",
@@ -216,6 +218,9 @@ enum Sub {
         /// Path of HAProxy's stats socket (`show stat`, reloads) [default: none]
         #[arg(long, value_name = "PATH")]
         stats_socket: Option<String>,
+        /// HAProxy threads (`nbthread`) [default: none written: one per CPU HAProxy may run on]
+        #[arg(long, value_name = "N", value_parser = count(1, 64))]
+        nbthread: Option<usize>,
     },
 }
 use Sub::{Export, HaproxyConfig};

@@ -403,7 +403,8 @@ fn haproxy_config_takes_repeated_nodes_and_epochs() {
     let c = parse(
         args(
             "haproxy-config --node 127.0.0.1:7001 --node 127.0.0.1:7002 --epoch 0:1 --epoch \
-             500:2 --port 9000 --tcp-port 9001 --bind 127.0.0.1 --stats-socket /tmp/s",
+             500:2 --port 9000 --tcp-port 9001 --bind 127.0.0.1 --stats-socket /tmp/s \
+             --nbthread 3",
         ),
         None,
     );
@@ -418,6 +419,7 @@ fn haproxy_config_takes_repeated_nodes_and_epochs() {
         (9000, Some(9001), "127.0.0.1")
     );
     assert_eq!(h.stats_socket.as_deref(), Some("/tmp/s"));
+    assert_eq!(h.nbthread, Some(3));
     for (a, want) in [
         ("haproxy-config", "--node"),
         ("haproxy-config --node 127.0.0.1:1 --epoch 5", "--epoch"),
@@ -427,6 +429,14 @@ fn haproxy_config_takes_repeated_nodes_and_epochs() {
         ),
         ("haproxy-config --node nope", "expected HOST:PORT"),
         ("haproxy-config --node 127.0.0.1:1 --threads 2", "--threads"),
+        (
+            "haproxy-config --node 127.0.0.1:1 --nbthread 0",
+            "--nbthread",
+        ),
+        (
+            "haproxy-config --node 127.0.0.1:1 --nbthread 65",
+            "--nbthread",
+        ),
     ] {
         let e = parse(args(a), None).unwrap_err();
         assert!(e.contains(want), "{a}: {e}");
