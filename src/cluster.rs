@@ -304,15 +304,9 @@ fn backends(out: &mut String, h: &Haproxy) {
 backend all
     balance roundrobin
     retry-on conn-failure
-    option httpchk
-    http-check send meth GET uri /health ver HTTP/1.1 hdr Host usaged
-    http-check expect status 200
 ",
     );
-    let _ = writeln!(out, "    default-server {CHECK}");
-    for (k, a) in h.nodes.iter().enumerate() {
-        let _ = writeln!(out, "    server node{k} {a} check");
-    }
+    checked_servers(out, h);
     if h.tcp_port.is_some() {
         out.push_str(
             "
@@ -320,15 +314,9 @@ backend all_tcp
     mode tcp
     balance roundrobin
     timeout server 65s
-    option httpchk
-    http-check send meth GET uri /health ver HTTP/1.1 hdr Host usaged
-    http-check expect status 200
 ",
         );
-        let _ = writeln!(out, "    default-server {CHECK}");
-        for (k, a) in h.nodes.iter().enumerate() {
-            let _ = writeln!(out, "    server node{k} {a} check");
-        }
+        checked_servers(out, h);
     }
     // A node's own backend gets only GET/HEAD of its ids, which are safe to send again: an
     // empty answer (a connection closed by a draining node) or usaged's `503` while it stops
@@ -348,3 +336,18 @@ backend node{k}
 
 #[cfg(test)]
 mod tests;
+
+/// Every node as a server of a balanced backend, each in rotation while its `/health` says
+/// `200`.
+fn checked_servers(out: &mut String, h: &Haproxy) {
+    out.push_str(
+        "    option httpchk
+    http-check send meth GET uri /health ver HTTP/1.1 hdr Host usaged
+    http-check expect status 200
+",
+    );
+    let _ = writeln!(out, "    default-server {CHECK}");
+    for (k, a) in h.nodes.iter().enumerate() {
+        let _ = writeln!(out, "    server node{k} {a} check");
+    }
+}

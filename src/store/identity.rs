@@ -19,8 +19,8 @@
 //! `crc32c` covers every byte before its line. Written durably (temporary file, synced,
 //! renamed, directory synced) before the start that changed it hands out an id.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::Path;
 
 use super::ids::{MAX_ID, MAX_NODES};
@@ -107,23 +107,7 @@ impl Identity {
     /// Write the identity into `dir` durably: temporary file, synced, renamed, directory
     /// synced.
     pub fn store(&self, dir: &Path) -> io::Result<()> {
-        let path = dir.join(FILE);
-        let tmp = journal::tmp_path(&path);
-        let _ = fs::remove_file(&tmp);
-        let made = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .and_then(|mut f| {
-                f.write_all(self.encode().as_bytes())
-                    .and_then(|_| f.sync_data())
-            })
-            .and_then(|_| fs::rename(&tmp, &path))
-            .and_then(|_| journal::sync_dir(dir));
-        if made.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        made
+        journal::store_file(dir, FILE, self.encode().as_bytes())
     }
 }
 

@@ -499,6 +499,25 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Write `bytes` as the file `name` in `dir` durably, all or nothing: a temporary file,
+/// synced, renamed over `name`, the directory synced (a failure removes the temporary file).
+pub fn store_file(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let path = dir.join(name);
+    let tmp = tmp_path(&path);
+    let _ = fs::remove_file(&tmp);
+    let made = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_data()))
+        .and_then(|_| fs::rename(&tmp, &path))
+        .and_then(|_| sync_dir(dir));
+    if made.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    made
+}
+
 /// Make the directory's entries (a new or renamed file) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

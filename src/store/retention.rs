@@ -28,8 +28,8 @@
 //! anything unshipped being lost.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -140,20 +140,7 @@ impl Marks {
 
     /// Write the marks into `dir` durably: temporary file, synced, renamed, directory synced.
     pub fn store(&self, dir: &Path) -> io::Result<()> {
-        let path = dir.join(FILE);
-        let tmp = journal::tmp_path(&path);
-        let _ = fs::remove_file(&tmp);
-        let made = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(&self.encode()).and_then(|_| f.sync_data()))
-            .and_then(|_| fs::rename(&tmp, &path))
-            .and_then(|_| journal::sync_dir(dir));
-        if made.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        made
+        journal::store_file(dir, FILE, &self.encode())
     }
 }
 
