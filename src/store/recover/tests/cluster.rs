@@ -336,3 +336,28 @@ fn ids_past_half_the_id_space_still_restart() {
     check_ids(&HashMap::from([(1, ids)]), &[(b, 2)]);
     let _ = fs::remove_dir_all(dir);
 }
+
+/// A node whose `CLUSTER` is gone (a directory from before the file, or one removed as the
+/// "damaged" refusal says) restarted the way `scripts/cluster.sh` restarts every node, with
+/// its cluster epoch's `--cluster-base` given again: it goes on in its epoch (the segments
+/// prove the node, as they do without the flag) instead of being refused at every start.
+#[test]
+fn a_lost_cluster_file_with_the_same_cluster_base_goes_on() {
+    let dir = temp_dir("cluster-lost");
+    let mut ids = run_node(&dir, node_opts(2, 2, 1, Some(0)), 20, SEG, false).unwrap();
+    // A crash with the lease ahead: a node-local epoch, same residue.
+    ids.extend(run_node(&dir, node_opts(2, 2, 1, None), 20, SEG, true).unwrap());
+    fs::remove_file(dir.join(crate::store::identity::FILE)).unwrap();
+    let more = run_node(&dir, node_opts(2, 2, 1, Some(0)), 20, SEG, false);
+    ids.extend(more.unwrap_or_else(|e| panic!("refused: {e}")));
+    check_ids(&HashMap::from([(1, ids)]), &[(0, 2)]);
+    // Still refused as another node, and for a new cluster epoch it cannot prove.
+    fs::remove_file(dir.join(crate::store::identity::FILE)).unwrap();
+    let err = recover(&dir, node_opts(2, 2, 0, Some(0))).err().unwrap();
+    assert!(err.contains("not --node 0's directory"), "{err}");
+    let err = recover(&dir, node_opts(2, 3, 1, Some(1 << 40)))
+        .err()
+        .unwrap();
+    assert!(err.contains("CLUSTER is missing"), "{err}");
+    let _ = fs::remove_dir_all(dir);
+}
