@@ -361,3 +361,28 @@ fn a_lost_cluster_file_with_the_same_cluster_base_goes_on() {
     assert!(err.contains("CLUSTER is missing"), "{err}");
     let _ = fs::remove_dir_all(dir);
 }
+
+/// A growth's `--cluster-base` that happens to be the base of the node's own latest epoch (a
+/// node-local one: a crash, a `--threads` change) is a new cluster epoch, not that epoch
+/// given again: refused naming the floor past the epoch's lease (for the operator, or
+/// `scripts/cluster.sh`, to pick a larger base), not with a layout complaint.
+#[test]
+fn a_growth_base_equal_to_a_node_local_epoch_names_the_floor() {
+    let dir = temp_dir("cluster-coincide");
+    run_node(&dir, node_opts(1, 2, 0, Some(0)), 16, SEG, false).unwrap();
+    // A --threads change starts a node-local epoch; a crash leaves its lease ahead.
+    run_node(&dir, node_opts(2, 2, 0, None), 4, SEG, true).unwrap();
+    let latest = segments(&dir)
+        .iter()
+        .filter_map(|p| journal::parse_name_as(p.file_name()?.to_str()?, ".seg"))
+        .map(|(h, _)| h.base)
+        .max()
+        .unwrap();
+    assert!(latest > 0);
+    let err = recover(&dir, node_opts(1, 3, 0, Some(latest)))
+        .err()
+        .unwrap();
+    assert!(err.contains("(up to "), "{err}");
+    assert!(named_floor(&err) >= latest, "{err}");
+    let _ = fs::remove_dir_all(dir);
+}
