@@ -96,10 +96,13 @@ pub(super) fn plan(
     }
     let latest = latest_layout(scans, marks);
     match cluster_base {
-        // The latest epoch already is this cluster epoch: the flag was given again.
-        Some(b) if latest.is_some_and(|(base, _)| base == b) => {}
+        // Export: the latest epoch already is this cluster epoch, the flag given again. (A
+        // start gets `--cluster-base` from `resolve` only for a new cluster epoch: one at the
+        // base of a node-local epoch is no continuation of it.)
+        Some(b) if read_only && latest.is_some_and(|(base, _)| base == b) => {}
         Some(b) => {
-            if b < floor || b >= MAX_ID / 2 {
+            let at_or_below_latest = latest.is_some_and(|(base, _)| base >= b);
+            if b < floor || at_or_below_latest || b >= MAX_ID / 2 {
                 return Err(format!(
                     "--cluster-base {b} must be past every id this node handed out or leased \
                      (up to {floor}) and below {}",
