@@ -129,3 +129,46 @@ fn usaged_run(dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
         .output()
         .expect("run usaged")
 }
+
+/// The node's `usaged_id_lease_end`, read with one scrape on a new connection.
+fn lease_end(s: &Server) -> u64 {
+    let m = s
+        .connect()
+        .request("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .text();
+    m.lines()
+        .find_map(|l| l.strip_prefix("usaged_id_lease_end "))
+        .and_then(|v| v.parse().ok())
+        .expect("usaged_id_lease_end")
+}
+
+/// `usaged_id_lease_end` bounds every id the node handed out from the moment it listens: after
+/// a crash (the new epoch's stripes have no lease yet: their base is the bound) and after a
+/// clean restart (workers that have not turned yet still count), not only after a batch.
+#[test]
+fn id_lease_end_bounds_every_id_from_the_start() {
+    let flags = ["--nodes", "2", "--node", "1", "--cluster-base", "0"];
+    let mut s = Server::start(&flags);
+    s.keep_data = true;
+    let dir = s.data_dir.clone();
+    // One connection: one worker's stripe holds every id, the others none.
+    let mut max = *post_n(&mut s.connect(), 300).iter().max().unwrap();
+    for round in 0..3 {
+        assert!(s.stop().success());
+        s = Server::start_in(&dir, &flags);
+        let end = lease_end(&s);
+        assert!(
+            end >= max,
+            "clean restart {round}: lease end {end} < id {max}"
+        );
+        max = max.max(*post_n(&mut s.connect(), 50).iter().max().unwrap());
+    }
+    // A crash: the lease was ahead, the next start begins a new epoch past it.
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    s = Server::start_in(&dir, &flags);
+    let end = lease_end(&s);
+    assert!(end >= max, "after a crash: lease end {end} < id {max}");
+    assert!(s.stop().success());
+    s.keep_data = false;
+}

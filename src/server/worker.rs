@@ -87,6 +87,12 @@ pub fn run(setup: Setup) {
             return;
         }
     };
+    // The lease end counts from the first answer on, whether or not this worker turns.
+    let lease_end = committer.as_ref().map_or(app.writer.last_id(), |c| {
+        c.status().lease.load(Ordering::Relaxed)
+    });
+    let m = setup.metrics.worker(setup.index);
+    m.set(metrics::ID_LEASE_END, lease_end);
     let _ = setup.ready.send(Ok(waker));
     let mut w = Worker::new(
         setup.index,

@@ -114,8 +114,8 @@ pub struct Status {
     pub bytes_written: AtomicU64,
     pub syncs: AtomicU64,
     pub sync_ns: AtomicU64,
-    /// The stripe's durable id lease (or its last id, when that is higher): no id of it past
-    /// this was handed out, by this run or any before it.
+    /// The stripe's durable id lease (or its last id or its epoch's base, when higher): no
+    /// id of it past this was handed out, by this run or any before it.
     pub lease: AtomicU64,
 }
 

@@ -442,7 +442,9 @@ impl Segment {
             .store(self.bytes_written, Ordering::Relaxed);
         status.syncs.store(self.syncs, Ordering::Relaxed);
         status.sync_ns.store(self.sync_ns, Ordering::Relaxed);
-        let lease = self.lease.max(self.last_id);
+        // A new epoch's stripe has no lease yet: its base lies past every id of the runs
+        // before (recovery's floor), so it is the bound until the first lease.
+        let lease = self.lease.max(self.last_id).max(self.header.base);
         status.lease.store(lease, Ordering::Relaxed);
     }
 }

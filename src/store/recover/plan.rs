@@ -96,10 +96,13 @@ pub(super) fn plan(
     }
     let latest = latest_layout(scans, marks);
     match cluster_base {
-        // The latest epoch already is this cluster epoch: the flag was given again.
-        Some(b) if latest.is_some_and(|(base, _)| base == b) => {}
+        // Export: the latest epoch already is this cluster epoch, the flag given again. (A
+        // start gets `--cluster-base` from `resolve` only for a new cluster epoch: one at the
+        // base of a node-local epoch is no continuation of it.)
+        Some(b) if read_only && latest.is_some_and(|(base, _)| base == b) => {}
         Some(b) => {
-            if b < floor || b >= MAX_ID / 2 {
+            let at_or_below_latest = latest.is_some_and(|(base, _)| base >= b);
+            if b < floor || at_or_below_latest || b >= MAX_ID / 2 {
                 return Err(format!(
                     "--cluster-base {b} must be past every id this node handed out or leased \
                      (up to {floor}) and below {}",
@@ -277,7 +280,8 @@ pub(super) enum Record {
 ///   (base 0 could repeat the ids of an epoch the cluster has outgrown). A directory with
 ///   segments but no file was a server alone (`alone`: its newest epoch has every stripe),
 ///   node 0, or a node whose file was lost: a new `--cluster-base` is refused for it unless it
-///   is the first (the server alone) becoming node 0.
+///   is the first (the server alone) becoming node 0; its current one given again (`latest`
+///   at or past it, same residue) goes on as without the flag, the segments checking the node.
 pub(super) fn resolve(
     file: Option<Identity>,
     cluster: Cluster,
@@ -286,7 +290,12 @@ pub(super) fn resolve(
     alone: bool,
 ) -> Result<(Option<u64>, Record), String> {
     let Some(f) = file else {
-        if let Some(b) = cluster.base {
+        // The flag names the epoch the segments already go on in (its base, or below a
+        // node-local epoch of its residue): given again, checked by the segments as without it.
+        let again = |b: u64| {
+            latest.is_some_and(|l| l >= b && (l - b).is_multiple_of(u64::from(cluster.nodes)))
+        };
+        if let Some(b) = cluster.base.filter(|&b| !again(b)) {
             let server_alone_as_node_0 = alone && cluster.node == 0;
             if !(empty || server_alone_as_node_0) {
                 return Err(format!(
@@ -298,6 +307,9 @@ pub(super) fn resolve(
                 ));
             }
             return Ok((Some(b), Record::At(b)));
+        }
+        if let Some(b) = cluster.base {
+            return Ok((None, Record::At(b)));
         }
         if empty && cluster.nodes > 1 {
             return Err(format!(

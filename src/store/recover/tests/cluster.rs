@@ -336,3 +336,53 @@ fn ids_past_half_the_id_space_still_restart() {
     check_ids(&HashMap::from([(1, ids)]), &[(b, 2)]);
     let _ = fs::remove_dir_all(dir);
 }
+
+/// A node whose `CLUSTER` is gone (a directory from before the file, or one removed as the
+/// "damaged" refusal says) restarted the way `scripts/cluster.sh` restarts every node, with
+/// its cluster epoch's `--cluster-base` given again: it goes on in its epoch (the segments
+/// prove the node, as they do without the flag) instead of being refused at every start.
+#[test]
+fn a_lost_cluster_file_with_the_same_cluster_base_goes_on() {
+    let dir = temp_dir("cluster-lost");
+    let mut ids = run_node(&dir, node_opts(2, 2, 1, Some(0)), 20, SEG, false).unwrap();
+    // A crash with the lease ahead: a node-local epoch, same residue.
+    ids.extend(run_node(&dir, node_opts(2, 2, 1, None), 20, SEG, true).unwrap());
+    fs::remove_file(dir.join(crate::store::identity::FILE)).unwrap();
+    let more = run_node(&dir, node_opts(2, 2, 1, Some(0)), 20, SEG, false);
+    ids.extend(more.unwrap_or_else(|e| panic!("refused: {e}")));
+    check_ids(&HashMap::from([(1, ids)]), &[(0, 2)]);
+    // Still refused as another node, and for a new cluster epoch it cannot prove.
+    fs::remove_file(dir.join(crate::store::identity::FILE)).unwrap();
+    let err = recover(&dir, node_opts(2, 2, 0, Some(0))).err().unwrap();
+    assert!(err.contains("not --node 0's directory"), "{err}");
+    let err = recover(&dir, node_opts(2, 3, 1, Some(1 << 40)))
+        .err()
+        .unwrap();
+    assert!(err.contains("CLUSTER is missing"), "{err}");
+    let _ = fs::remove_dir_all(dir);
+}
+
+/// A growth's `--cluster-base` that happens to be the base of the node's own latest epoch (a
+/// node-local one: a crash, a `--threads` change) is a new cluster epoch, not that epoch
+/// given again: refused naming the floor past the epoch's lease (for the operator, or
+/// `scripts/cluster.sh`, to pick a larger base), not with a layout complaint.
+#[test]
+fn a_growth_base_equal_to_a_node_local_epoch_names_the_floor() {
+    let dir = temp_dir("cluster-coincide");
+    run_node(&dir, node_opts(1, 2, 0, Some(0)), 16, SEG, false).unwrap();
+    // A --threads change starts a node-local epoch; a crash leaves its lease ahead.
+    run_node(&dir, node_opts(2, 2, 0, None), 4, SEG, true).unwrap();
+    let latest = segments(&dir)
+        .iter()
+        .filter_map(|p| journal::parse_name_as(p.file_name()?.to_str()?, ".seg"))
+        .map(|(h, _)| h.base)
+        .max()
+        .unwrap();
+    assert!(latest > 0);
+    let err = recover(&dir, node_opts(1, 3, 0, Some(latest)))
+        .err()
+        .unwrap();
+    assert!(err.contains("(up to "), "{err}");
+    assert!(named_floor(&err) >= latest, "{err}");
+    let _ = fs::remove_dir_all(dir);
+}
