@@ -232,7 +232,17 @@ cmd_restart() {
     restart_node "$k"
     echo "cluster.sh: node $k restarted on port $(cat "$DIR/node$k/port")" >&2
   done
+  # HAProxy's config must name every epoch and port (a grow that died half-way may have left
+  # it behind): reload it when what it would be now differs.
+  write_config_if_changed && reload_haproxy
   echo "cluster restarted ($n nodes)"
+}
+
+# Render the config; true (and the new one in place) when it differs from the running one.
+write_config_if_changed() {
+  cp "$DIR/haproxy.cfg" "$DIR/haproxy.cfg.old"
+  write_config
+  ! cmp -s "$DIR/haproxy.cfg" "$DIR/haproxy.cfg.old"
 }
 
 # The highest id node K may have handed out: `usaged_id_lease_end` at its /metrics (its
@@ -260,7 +270,8 @@ last_id_of() {
 cmd_grow() {
   local m=$1 n; n=$(node_count)
   [[ $m =~ ^[0-9]+$ && $m -gt $n && $m -le 64 ]] || die "M: more than $n nodes, at most 64"
-  local k max=0 id
+  local k max id
+  read -r max _ < <(latest_epoch)  # past the latest epoch's base, whatever the nodes say
   for ((k = 0; k < n; k++)); do
     id=$(last_id_of "$k") || exit 1
     ((id > max)) && max=$id
@@ -273,7 +284,14 @@ cmd_grow() {
     wait_until 30 "new node $k is healthy" node_healthy "$k"
   done
   reload_haproxy
-  for ((k = 0; k < n; k++)); do restart_node "$k"; done
+  for ((k = 0; k < n; k++)); do
+    # Still in the old epoch, node K must not have reached B2: else its ids at or past B2
+    # may repeat the new epoch's (the margin was too small for this grow's duration).
+    id=$(last_id_of "$k")
+    ((id < b2)) || die "node $k reached id $id, past the new epoch's base $b2: ids at or past" \
+      "$b2 may repeat; stop the cluster and compare the nodes' exports"
+    restart_node "$k"
+  done
   echo "cluster grown to $m nodes (epoch base $b2)"
 }
 
