@@ -381,12 +381,17 @@ impl Run {
                 .frontier
                 .entry(*key)
                 .or_insert_with(|| Cursor::new(*key, s.pos));
-            if first || f.pos < s.pos {
+            if f.pos < s.pos {
                 f.seek(s.pos);
                 *ahead = 0;
             }
         }
         if first {
+            // What was counted from SHIPPED's guess is counted again from PostgreSQL's word.
+            for (key, f) in &mut self.frontier {
+                f.seek(start(&p, &self.listing, key));
+            }
+            self.ahead.clear();
             self.arrivals.clear();
         }
         self.take_arrivals(shipped);

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use postgres::config::Host;
+use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
 
 use super::cursor::Pos;
@@ -93,9 +94,24 @@ impl Target {
     pub fn describe(&self, e: &postgres::Error) -> String {
         let text = match e.as_db_error() {
             Some(db) => format!("SQLSTATE {}: {}", db.code().code(), db.message()),
-            None => e.to_string(),
+            None => match std::error::Error::source(e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            },
         };
         self.redact.scrub(&text)
+    }
+}
+
+/// Why a batch failed.
+enum Fail {
+    Pg(postgres::Error),
+    Copy(std::io::Error),
+}
+
+impl From<postgres::Error> for Fail {
+    fn from(e: postgres::Error) -> Fail {
+        Fail::Pg(e)
     }
 }
 
@@ -157,8 +173,11 @@ impl Conn {
         Ok(p)
     }
 
-    /// One transaction: `copy` (a whole binary COPY stream, or empty: no rows) into the
-    /// staging table, into `usages` without duplicates, and the `moved` stripes' positions.
+    /// One transaction: the rows of `copy` (a whole binary COPY stream, or empty: no rows)
+    /// into `usages`, and the `moved` stripes' positions. The rows are copied straight into
+    /// `usages`; if one is there already (SQLSTATE 23505: a relinked segment, positions reset
+    /// by hand) the transaction is rolled back and done again through the staging table with
+    /// `ON CONFLICT (id) DO NOTHING`.
     pub fn ship(
         &mut self,
         t: &Target,
@@ -166,13 +185,39 @@ impl Conn {
         copy: &[u8],
         moved: &Positions,
     ) -> Result<(), String> {
-        let d = |e: postgres::Error| t.describe(&e);
-        let mut tx = self.client.transaction().map_err(d)?;
+        let first = self.ship_via(node, copy, moved, false);
+        let done = match first {
+            Err(Fail::Pg(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                self.ship_via(node, copy, moved, true)
+            }
+            r => r,
+        };
+        done.map_err(|e| match e {
+            Fail::Pg(e) => t.describe(&e),
+            Fail::Copy(e) => t.redact.scrub(&format!("COPY cut short: {e}")),
+        })
+    }
+
+    fn ship_via(
+        &mut self,
+        node: u32,
+        copy: &[u8],
+        moved: &Positions,
+        staged: bool,
+    ) -> Result<(), Fail> {
+        let mut tx = self.client.transaction()?;
         if !copy.is_empty() {
-            let mut w = tx.copy_in(schema::COPY).map_err(d)?;
-            std::io::Write::write_all(&mut w, copy).map_err(|e| t.redact.scrub(&e.to_string()))?;
-            w.finish().map_err(d)?;
-            tx.execute(schema::INSERT, &[]).map_err(d)?;
+            let mut w = tx.copy_in(if staged {
+                schema::COPY
+            } else {
+                schema::COPY_DIRECT
+            })?;
+            // A failed write rolls the transaction back (dropped uncommitted).
+            std::io::Write::write_all(&mut w, copy).map_err(Fail::Copy)?;
+            w.finish()?;
+            if staged {
+                tx.execute(schema::INSERT, &[])?;
+            }
         }
         for (k, s) in moved {
             let args: [&(dyn postgres::types::ToSql + Sync); 8] = [
@@ -185,9 +230,9 @@ impl Conn {
                 &(s.shipped as i64),
                 &(s.last_id as i64),
             ];
-            tx.execute(&self.upsert, &args).map_err(d)?;
+            tx.execute(&self.upsert, &args)?;
         }
-        tx.commit().map_err(d)
+        Ok(tx.commit()?)
     }
 }
 

@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS usaged_shipped (
 pub const STAGE: &str = "CREATE TEMP TABLE IF NOT EXISTS usaged_stage \
      (LIKE usages INCLUDING DEFAULTS) ON COMMIT DELETE ROWS";
 pub const COPY: &str = "COPY usaged_stage FROM STDIN (FORMAT binary)";
+/// The fast path: straight into the table (fails on an id already there).
+pub const COPY_DIRECT: &str = "COPY usages FROM STDIN (FORMAT binary)";
 pub const INSERT: &str =
     "INSERT INTO usages SELECT * FROM usaged_stage ON CONFLICT (id) DO NOTHING";
 /// `$1` node … `$8` last id.
