@@ -67,6 +67,16 @@ fn assert_secret_kept(pg: &Pg, texts: &[&str]) {
     }
 }
 
+/// Post batches of 50 (each answered `201`), 100 ms apart, for `span`.
+fn post_for(book: &mut Book, c: &mut harness::Conn, span: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < span {
+        book.post(c, 50);
+        // Pacing the load over the outage, not waiting for anything.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn errors(m: &str) -> f64 {
     metric(m, "usaged_ship_errors_total").expect("usaged_ship_errors_total")
 }
@@ -270,10 +280,7 @@ fn postgres_stopped_for_seconds_while_posting() {
 
     pg.stop();
     // The server keeps storing usages; the shipper says it is behind and disconnected.
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(2) {
-        book.post(&mut c, 50);
-    }
+    post_for(&mut book, &mut c, Duration::from_secs(2));
     wait_until(
         SECS_20,
         "/metrics shows the shipper down and behind",
@@ -289,10 +296,7 @@ fn postgres_stopped_for_seconds_while_posting() {
     let first_log = s.log();
     let mut s = serve(dir.path(), &pg, &flags);
     let mut c = s.conn();
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(2) {
-        book.post(&mut c, 50);
-    }
+    post_for(&mut book, &mut c, Duration::from_secs(2));
     pg.start_again();
     book.post(&mut c, 100);
     let m = wait_caught_up(&s, SECS_60);
