@@ -180,6 +180,20 @@ fn print_schema_makes_the_table_the_shipper_uses() {
     let mut book = Book::default();
     book.post(&mut s.conn(), 120);
     let m = wait_caught_up(&s, SECS_60);
+    let value = |name: &str| metric(&m, name).unwrap_or_else(|| panic!("no {name}"));
+    assert_eq!(
+        value("usaged_ship_rows_total"),
+        120.0,
+        "{}",
+        ship_metrics(&m)
+    );
+    assert!(value("usaged_ship_batches_total") >= 1.0);
+    assert_eq!(
+        value("usaged_ship_batch_duration_seconds_count"),
+        value("usaged_ship_batches_total")
+    );
+    assert_eq!(value("usaged_ship_lag_seconds"), 0.0, "caught up");
+    assert_eq!(value("usaged_ship_errors_total"), 0.0);
     book.check_table_live(&pg, &s, 0);
     assert_secret_kept(&pg, &[&s.log(), &m]);
     s.stop_ok();
@@ -208,6 +222,8 @@ fn server_killed_9_while_shipping_then_restarted() {
             l
         });
         book.post_unread(&c, 300);
+        // Killed at once, or as it stores them (answers sent but not read: stored unanswered).
+        std::thread::sleep(Duration::from_millis([0, 1, 20][round]));
         s.kill9();
         drop(lock);
     }
@@ -318,7 +334,7 @@ fn standalone_shipper_killed_9_and_restarted() {
     let mut book = Book::default();
     let mut s = Usaged::start(dir.path(), 2, &["--ship-hold"]);
     let mut c = s.conn();
-    let mut sh = Shipper::start(dir.path(), &url, &[]);
+    let mut sh = Shipper::start(dir.path(), Some(&url), &[]);
     let mut logs = Vec::new();
     for round in 0..3 {
         book.post(&mut c, 300);
@@ -333,7 +349,12 @@ fn standalone_shipper_killed_9_and_restarted() {
             sh.kill9();
         }
         logs.push(sh.log());
-        sh = Shipper::start(dir.path(), &url, &[]);
+        // The last one takes the URL from the environment (kept out of `ps`).
+        sh = if round < 2 {
+            Shipper::start(dir.path(), Some(&url), &[])
+        } else {
+            Shipper::start(dir.path(), None, &[("USAGED_SHIP_TO", &url)])
+        };
     }
     book.post(&mut c, 100);
     drop(c);

@@ -16,13 +16,15 @@ pub struct Shipper {
 }
 
 impl Shipper {
-    /// `usaged ship --data-dir DIR --to URL` plus `extra`.
-    pub fn start(dir: &Path, url: &str, extra: &[&str]) -> Shipper {
-        let mut child = Command::new(BIN)
-            .args(["ship", "--data-dir"])
-            .arg(dir)
-            .args(["--to", url])
-            .args(extra)
+    /// `usaged ship --data-dir DIR [--to URL]` with `env` set.
+    pub fn start(dir: &Path, url: Option<&str>, env: &[(&str, &str)]) -> Shipper {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["ship", "--data-dir"]).arg(dir);
+        if let Some(url) = url {
+            cmd.args(["--to", url]);
+        }
+        let mut child = cmd
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
