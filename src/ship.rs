@@ -2,8 +2,9 @@
 //!
 //! One thread (never a worker) tails every stripe's segments with a [`cursor::Cursor`] from the
 //! position PostgreSQL holds for it, and ships what it finds in batches of up to [`MAX_ROWS`]:
-//! one transaction copies the rows into a staging table (`COPY … FROM STDIN (FORMAT binary)`),
-//! inserts them into `usages` with `ON CONFLICT (id) DO NOTHING`, and upserts every moved
+//! one transaction copies the rows into `usages` (`COPY … FROM STDIN (FORMAT binary)`; when
+//! an id is there already, SQLSTATE 23505, the transaction is rolled back and done again
+//! through a staging table with `INSERT … ON CONFLICT (id) DO NOTHING`) and upserts every moved
 //! stripe's position in `usaged_shipped` ([`schema`], [`pg`]). A crash before the commit
 //! leaves the positions where the rows were not; one after it leaves both, so the shipper,
 //! reading its positions back at every (re)connection, never ships a record twice nor skips
