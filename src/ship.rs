@@ -66,8 +66,26 @@ pub struct Stats {
     pub errors: AtomicU64,
     pub batch_ns: AtomicU64,
     pub lag_usages: AtomicU64,
-    pub lag_ms: AtomicU64,
+    /// When the oldest unshipped usage was first seen, in Unix ms (0: none), so the lag in
+    /// seconds grows while the thread waits on PostgreSQL ([`Stats::lag_ms`]).
+    pub oldest_unix_ms: AtomicU64,
     pub connected: AtomicU64,
+}
+
+impl Stats {
+    /// How long the oldest unshipped usage has waited, in ms, now (0 when caught up).
+    pub fn lag_ms(&self) -> u64 {
+        match self.oldest_unix_ms.load(Ordering::Relaxed) {
+            0 => 0,
+            t => unix_ms().saturating_sub(t),
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What a shipper needs.
@@ -239,6 +257,8 @@ impl Run {
             .map_err(|e| format!("cannot list {}: {e}", self.dir.display()))?;
         self.count()
             .map_err(|e| format!("cannot read the journal: {e}"))?;
+        // Before anything that may wait on PostgreSQL: /metrics shows what is behind.
+        self.gauges();
         if self.conn.is_none() {
             self.connect()?;
         }
@@ -446,12 +466,14 @@ impl Run {
 
     fn gauges(&self) {
         let lag: u64 = self.ahead.values().sum();
-        let ms = match self.arrivals.front() {
-            Some((t, _)) if lag > 0 => t.elapsed().as_millis() as u64,
+        let oldest = match self.arrivals.front() {
+            Some((t, _)) if lag > 0 => unix_ms()
+                .saturating_sub(t.elapsed().as_millis() as u64)
+                .max(1),
             _ => 0,
         };
         self.stats.lag_usages.store(lag, Ordering::Relaxed);
-        self.stats.lag_ms.store(ms, Ordering::Relaxed);
+        self.stats.oldest_unix_ms.store(oldest, Ordering::Relaxed);
     }
 
     /// Log `e` if it is not the error logged last.
@@ -481,7 +503,7 @@ impl Run {
             "usaged ship: {rows} usages shipped ({:.0}/s), lag {} usages / {:.1} s, {}",
             (rows - rows_then) as f64 / at.elapsed().as_secs_f64(),
             s.lag_usages.load(Ordering::Relaxed),
-            s.lag_ms.load(Ordering::Relaxed) as f64 / 1e3,
+            s.lag_ms() as f64 / 1e3,
             if s.connected.load(Ordering::Relaxed) == 1 {
                 "connected"
             } else {

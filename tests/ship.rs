@@ -382,7 +382,6 @@ fn standalone_shipper_killed_9_and_restarted() {
 }
 
 #[test]
-#[ignore = "bug: lag gauges frozen (0) while a batch blocks"]
 fn lag_shows_the_shipper_behind_while_a_batch_is_blocked() {
     if !pg::have_postgres() {
         return;
