@@ -8,7 +8,8 @@
 //! leaves the positions where the rows were not; one after it leaves both, so the shipper,
 //! reading its positions back at every (re)connection, never ships a record twice nor skips
 //! one. Only whole, checksummed records are read; a torn tail waits ([`cursor`]). After each
-//! commit the positions go to the `SHIPPED` file ([`shipped`]) that retention's hold reads.
+//! commit, and each time they are read back, the positions go to the `SHIPPED` file
+//! ([`shipped`]) that retention's hold reads.
 //!
 //! When caught up it looks at the files every [`POLL`]; on any error it drops the connection,
 //! logs once per change of state and retries with backoff from 100 ms to 5 s, while a second
@@ -283,6 +284,9 @@ impl Run {
             );
         }
         self.committed_now(loaded);
+        // PostgreSQL's word, not an older SHIPPED (a database restored, or a new one), is what
+        // retention's hold must see from now on.
+        self.store_shipped();
         self.readers.clear();
         self.conn = Some(conn);
         self.stats.connected.store(1, Ordering::Relaxed);
@@ -312,13 +316,18 @@ impl Run {
         s.batches.fetch_add(1, Ordering::Relaxed);
         s.batch_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.store_shipped();
+        Ok(rows == MAX_ROWS)
+    }
+
+    /// Write the committed positions into `SHIPPED` (for a hold beside: `--ship-hold`).
+    fn store_shipped(&self) {
         if let Some(p) = &self.committed
             && let Err(e) = shipped::store(&self.dir, self.node, p)
         {
-            s.errors.fetch_add(1, Ordering::Relaxed);
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
             eprintln!("usaged: ship: cannot write {}: {e}", shipped::FILE);
         }
-        Ok(rows == MAX_ROWS)
     }
 
     /// Read up to [`MAX_ROWS`] usages into the COPY stream, the stripes in turn. Returns the

@@ -438,7 +438,6 @@ fn shipped_entries(dir: &Path) -> u32 {
 }
 
 #[test]
-#[ignore = "bug: SHIPPED not rewritten when the database is behind it"]
 fn shipped_follows_the_database_when_it_is_behind() {
     if !pg::have_postgres() {
         return;
