@@ -9,7 +9,8 @@
 //! leaves the positions where the rows were not; one after it leaves both, so the shipper,
 //! reading its positions back at every (re)connection, never ships a record twice nor skips
 //! one. Only whole, checksummed records are read; a torn tail waits ([`cursor`]). After each
-//! commit the positions go to the `SHIPPED` file ([`shipped`]) that retention's hold reads.
+//! commit, and each time they are read back, the positions go to the `SHIPPED` file
+//! ([`shipped`]) that retention's hold reads.
 //!
 //! When caught up it looks at the files every [`POLL`]; on any error it drops the connection,
 //! logs once per change of state and retries with backoff from 100 ms to 5 s, while a second
@@ -67,8 +68,26 @@ pub struct Stats {
     pub errors: AtomicU64,
     pub batch_ns: AtomicU64,
     pub lag_usages: AtomicU64,
-    pub lag_ms: AtomicU64,
+    /// When the oldest unshipped usage was first seen, in Unix ms (0: none), so the lag in
+    /// seconds grows while the thread waits on PostgreSQL ([`Stats::lag_ms`]).
+    pub oldest_unix_ms: AtomicU64,
     pub connected: AtomicU64,
+}
+
+impl Stats {
+    /// How long the oldest unshipped usage has waited, in ms, now (0 when caught up).
+    pub fn lag_ms(&self) -> u64 {
+        match self.oldest_unix_ms.load(Ordering::Relaxed) {
+            0 => 0,
+            t => unix_ms().saturating_sub(t),
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What a shipper needs.
@@ -240,6 +259,8 @@ impl Run {
             .map_err(|e| format!("cannot list {}: {e}", self.dir.display()))?;
         self.count()
             .map_err(|e| format!("cannot read the journal: {e}"))?;
+        // Before anything that may wait on PostgreSQL: /metrics shows what is behind.
+        self.gauges();
         if self.conn.is_none() {
             self.connect()?;
         }
@@ -264,6 +285,9 @@ impl Run {
             );
         }
         self.committed_now(loaded);
+        // PostgreSQL's word, not an older SHIPPED (a database restored, or a new one), is what
+        // retention's hold must see from now on.
+        self.store_shipped();
         self.readers.clear();
         self.conn = Some(conn);
         self.stats.connected.store(1, Ordering::Relaxed);
@@ -293,13 +317,18 @@ impl Run {
         s.batches.fetch_add(1, Ordering::Relaxed);
         s.batch_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.store_shipped();
+        Ok(rows == MAX_ROWS)
+    }
+
+    /// Write the committed positions into `SHIPPED` (for a hold beside: `--ship-hold`).
+    fn store_shipped(&self) {
         if let Some(p) = &self.committed
             && let Err(e) = shipped::store(&self.dir, self.node, p)
         {
-            s.errors.fetch_add(1, Ordering::Relaxed);
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
             eprintln!("usaged: ship: cannot write {}: {e}", shipped::FILE);
         }
-        Ok(rows == MAX_ROWS)
     }
 
     /// Read up to [`MAX_ROWS`] usages into the COPY stream, the stripes in turn. Returns the
@@ -447,12 +476,14 @@ impl Run {
 
     fn gauges(&self) {
         let lag: u64 = self.ahead.values().sum();
-        let ms = match self.arrivals.front() {
-            Some((t, _)) if lag > 0 => t.elapsed().as_millis() as u64,
+        let oldest = match self.arrivals.front() {
+            Some((t, _)) if lag > 0 => unix_ms()
+                .saturating_sub(t.elapsed().as_millis() as u64)
+                .max(1),
             _ => 0,
         };
         self.stats.lag_usages.store(lag, Ordering::Relaxed);
-        self.stats.lag_ms.store(ms, Ordering::Relaxed);
+        self.stats.oldest_unix_ms.store(oldest, Ordering::Relaxed);
     }
 
     /// Log `e` if it is not the error logged last.
@@ -482,7 +513,7 @@ impl Run {
             "usaged ship: {rows} usages shipped ({:.0}/s), lag {} usages / {:.1} s, {}",
             (rows - rows_then) as f64 / at.elapsed().as_secs_f64(),
             s.lag_usages.load(Ordering::Relaxed),
-            s.lag_ms.load(Ordering::Relaxed) as f64 / 1e3,
+            s.lag_ms() as f64 / 1e3,
             if s.connected.load(Ordering::Relaxed) == 1 {
                 "connected"
             } else {

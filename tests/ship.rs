@@ -380,3 +380,107 @@ fn standalone_shipper_killed_9_and_restarted() {
     let logs: Vec<&str> = logs.iter().map(String::as_str).collect();
     assert_secret_kept(&pg, &logs);
 }
+
+#[test]
+fn lag_shows_the_shipper_behind_while_a_batch_is_blocked() {
+    if !pg::have_postgres() {
+        return;
+    }
+    let pg = Pg::start();
+    let dir = TempDir::new();
+    let mut book = Book::default();
+    let mut s = serve(dir.path(), &pg, &[]);
+    let mut c = s.conn();
+    book.post(&mut c, 10);
+    wait_caught_up(&s, SECS_60);
+    // A batch waits on our lock (a migration, a long transaction): nothing is shipped, so
+    // /metrics must say the shipper is behind (lag above 0: at least the blocked batch's
+    // usages), and for longer and longer.
+    let lock = lock_usages(&pg);
+    book.post(&mut c, 20);
+    wait_blocked(&pg);
+    book.post(&mut c, 30);
+    let mut seen = (None, None);
+    let limit = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < limit {
+        let m = metrics(&s);
+        seen = (
+            metric(&m, "usaged_ship_lag_usages"),
+            metric(&m, "usaged_ship_lag_seconds"),
+        );
+        if seen.0.is_some_and(|l| l > 0.0) && seen.1.is_some_and(|l| l >= 1.0) {
+            break;
+        }
+        // Polling a gauge, bounded above.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let m = metrics(&s);
+    drop(lock);
+    assert!(
+        seen.0.is_some_and(|l| l > 0.0),
+        "usages wait behind a blocked batch, lag 0:\n{}",
+        ship_metrics(&m)
+    );
+    assert!(
+        seen.1.is_some_and(|l| l >= 1.0),
+        "the oldest has waited for seconds:\n{}",
+        ship_metrics(&m)
+    );
+    wait_caught_up(&s, SECS_60);
+    book.check_table_live(&pg, &s, 0);
+    s.stop_ok();
+}
+
+/// The stripes `SHIPPED` in `dir` holds positions for (its entry count, bytes 16..20).
+fn shipped_entries(dir: &Path) -> u32 {
+    let b = std::fs::read(dir.join("SHIPPED")).expect("a SHIPPED file");
+    u32::from_le_bytes(b[16..20].try_into().unwrap())
+}
+
+#[test]
+fn shipped_follows_the_database_when_it_is_behind() {
+    if !pg::have_postgres() {
+        return;
+    }
+    let pg = Pg::start();
+    let url = pg.url();
+    let dir = TempDir::new();
+    let mut book = Book::default();
+    let mut s = Usaged::start(dir.path(), 2, &["--ship-hold"]);
+    let mut c = s.conn();
+    book.post(&mut c, 100);
+    let mut sh = Shipper::start(dir.path(), Some(&url), &[]);
+    wait_until(SECS_20, "usaged ship shipped 100", || {
+        pg.try_exec("SELECT count(*) FROM usages")
+            .is_ok_and(|n| n.trim() == "100")
+    });
+    sh.kill9();
+    assert_eq!(
+        shipped_entries(dir.path()),
+        2,
+        "SHIPPED after the first run"
+    );
+    // The database loses what was shipped (restored from a backup, a new one): the shipper
+    // starts over, and until it has shipped again retention must not trust the old SHIPPED.
+    pg.exec("TRUNCATE usages; DELETE FROM usaged_shipped;");
+    // SHARE: the batch's COPY waits, the connection's CREATE INDEX IF NOT EXISTS does not.
+    let mut lock = pg.session();
+    lock.run("BEGIN; LOCK TABLE usages IN SHARE MODE;");
+    let mut sh = Shipper::start(dir.path(), Some(&url), &[]);
+    wait_blocked(&pg);
+    let entries = shipped_entries(dir.path());
+    drop(lock);
+    assert_eq!(
+        entries,
+        0,
+        "SHIPPED still says shipped what the database does not hold:\n{}",
+        sh.log()
+    );
+    wait_until(SECS_20, "usaged ship shipped 100 again", || {
+        pg.try_exec("SELECT count(*) FROM usages")
+            .is_ok_and(|n| n.trim() == "100")
+    });
+    assert!(sh.stop().success(), "{}", sh.log());
+    drop(c);
+    s.stop_ok();
+}

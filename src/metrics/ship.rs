@@ -50,7 +50,7 @@ impl Writer<'_> {
             "gauge",
             "How long the oldest unshipped usage has waited since the shipper first saw it (0 when caught up).",
         );
-        self.seconds("usaged_ship_lag_seconds", load(&s.lag_ms) * 1_000_000);
+        self.seconds("usaged_ship_lag_seconds", s.lag_ms() * 1_000_000);
         self.family(
             "usaged_ship_batch_duration_seconds",
             "summary",
