@@ -30,7 +30,11 @@ fn main() -> ExitCode {
     let env_port = std::env::var("PORT").ok();
     match config::parse(std::env::args().skip(1), env_port.as_deref()) {
         Ok(Command::Serve(mut config)) => match check_cache(&config).and_then(|()| {
-            config.ship_to = config.ship_to.take().or_else(env_ship_to);
+            // With --ship-hold a `usaged ship` runs beside: $USAGED_SHIP_TO (set for it, maybe
+            // in the same environment) must not start a second shipper here.
+            if !config.ship_hold {
+                config.ship_to = config.ship_to.take().or_else(env_ship_to);
+            }
             ship_target(&config)
         }) {
             Ok(target) => done(serve(&config, target)),
@@ -181,6 +185,8 @@ fn serve(config: &Config, target: Option<Target>) -> Result<(), String> {
         Ok(sig) => eprintln!("usaged: signal {sig}, draining"),
         Err(e) => eprintln!("usaged: sigwait failed: {e}; shutting down"),
     }
+    // The whole stop, the shipper's last batch included, keeps within grace + timeout.
+    let stop_by = Instant::now() + config.drain_grace + config.shutdown_timeout;
     // Retention first: it must not remove what the stop's last seals leave, nor outlive the
     // directory's lock.
     if let Some(mut r) = retainer {
@@ -189,7 +195,7 @@ fn serve(config: &Config, target: Option<Target>) -> Result<(), String> {
     running.stop();
     // After the journal threads: the last records are in the files.
     if let Some(s) = &mut shipper
-        && !s.stop(Instant::now() + config.shutdown_timeout)
+        && !s.stop(stop_by.max(Instant::now() + Duration::from_millis(100)))
     {
         eprintln!("usaged: ship: stopped before the last batch was committed");
     }

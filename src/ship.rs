@@ -142,7 +142,8 @@ impl Shipper {
         let Some(t) = self.thread.take() else {
             return true;
         };
-        let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+        // A little past the deadline: the thread may be inside a call that cannot see it.
+        let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(100);
         if self.finished.recv_timeout(left).is_ok() {
             let _ = t.join();
             return true;

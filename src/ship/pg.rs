@@ -65,6 +65,14 @@ impl Target {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // A database that stops answering (a network split with no reset, a lock held for
+        // ever) must end in an error the shipper retries, not a wait of hours: TCP keepalives
+        // after 30 s idle, and no statement longer than a minute (unless the URL says).
+        config.keepalives_idle(Duration::from_secs(30));
+        let options = config.get_options().unwrap_or("").to_string();
+        if !options.contains("statement_timeout") {
+            config.options(format!("{options} -c statement_timeout=60000").trim());
+        }
         let hosts: Vec<String> = config
             .get_hosts()
             .iter()
