@@ -22,7 +22,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use book::{Book, exported, metric, metrics, ship_metrics, wait_caught_up, wait_until};
-use harness::{TempDir, Usaged, run_to_end};
+use harness::{TempDir, Usaged, Wrap, run_to_end, serve_args};
 use pg::{Pg, Session};
 use standalone::Shipper;
 
@@ -332,7 +332,14 @@ fn standalone_shipper_killed_9_and_restarted() {
     let url = pg.url();
     let dir = TempDir::new();
     let mut book = Book::default();
-    let mut s = Usaged::start(dir.path(), 2, &["--ship-hold"]);
+    // The shipper's URL in the server's environment too (one environment for both): with
+    // --ship-hold the server must not start a second shipper from it.
+    let env = Wrap::Env(vec![("USAGED_SHIP_TO".into(), url.clone())]);
+    let mut s = Usaged::up(env, &serve_args(dir.path(), 2, &["--ship-hold"]));
+    assert!(
+        !metrics(&s).contains("usaged_ship_rows_total"),
+        "a shipper runs in a --ship-hold server"
+    );
     let mut c = s.conn();
     let mut sh = Shipper::start(dir.path(), Some(&url), &[]);
     let mut logs = Vec::new();
