@@ -17,11 +17,12 @@ mod pg;
 #[path = "ship/standalone.rs"]
 mod standalone;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use book::{Book, exported, metric, metrics, ship_metrics, wait_caught_up, wait_until};
+use book::{Book, exported, get_all, metric, metrics, ship_metrics, wait_caught_up, wait_until};
 use harness::{TempDir, Usaged, Wrap, run_to_end, serve_args};
 use pg::{Pg, Session};
 use standalone::Shipper;
@@ -490,4 +491,52 @@ fn shipped_follows_the_database_when_it_is_behind() {
     assert!(sh.stop().success(), "{}", sh.log());
     drop(c);
     s.stop_ok();
+}
+
+/// Retention never removes what the shipper has not committed: with PostgreSQL down, segments
+/// past `--retain` stay (`usaged_retention_held_bytes`), each of their usages still reads
+/// `200`; once the shipper has caught up, the table holds every one of them, and only then does
+/// retention remove them (`410`).
+#[test]
+fn retention_keeps_what_is_not_shipped() {
+    if !pg::have_postgres() {
+        return;
+    }
+    let pg = Pg::start();
+    let dir = TempDir::new();
+    let mut book = Book::default();
+    let flags = [
+        "--retain",
+        "1s",
+        "--segment-size",
+        "4KiB",
+        "--shutdown-timeout",
+        "3",
+    ];
+    let s = serve(dir.path(), &pg, &flags);
+    let mut c = s.conn();
+    book.post(&mut c, 50);
+    wait_caught_up(&s, SECS_60);
+    pg.stop();
+    let held: BTreeSet<u64> = book.post(&mut c, 400).into_iter().collect();
+    wait_until(SECS_20, "retention holds unshipped segments", || {
+        metric(&metrics(&s), "usaged_retention_held_bytes").is_some_and(|b| b > 0.0)
+    });
+    // Retention has looked and kept them: every one still reads back.
+    let got = get_all(&s, &held);
+    assert_eq!(got.len(), held.len());
+    pg.start_again();
+    wait_caught_up(&s, SECS_60);
+    let rows = book::table(&pg);
+    let missing: Vec<&u64> = held.iter().filter(|id| !rows.contains_key(id)).collect();
+    assert!(missing.is_empty(), "unshipped ids lost: {missing:?}");
+    for (id, v) in &got {
+        book::assert_row(&rows[id], v, 0);
+    }
+    // Shipped now: retention goes on, the oldest of them answer 410.
+    let first = *held.first().unwrap();
+    wait_until(SECS_20, "retention removes what was shipped", || {
+        let mut c = s.conn();
+        c.ask(&util::get(first), Duration::from_secs(10)).status == 410
+    });
 }
