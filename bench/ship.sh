@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# usage: bench/ship.sh [--duration SECS | -d SECS] [--runs R | -r R] [--usages N] [-c CONNS] [--smoke] [--server-cpu N] [--load-cpu N]
+# usage: bench/ship.sh [--duration SECS | -d SECS] [--runs R | -r R] [--usages N] [-c CONNS] [--smoke] [--server-cpu N] [--load-cpu N] [--pg-cpu N]
 #
 # The PostgreSQL shipper (issue 13), against a private PostgreSQL cluster the script starts
 # (initdb + pg_ctl in a temporary directory, a Unix socket there only, no TCP; as the `postgres`
@@ -28,7 +28,8 @@
 #    shipped (that difference 0); the shipper thread's and PostgreSQL's CPU per usage from the
 #    load's start until then; and that `sum(shipped)` in PostgreSQL equals the stored count.
 #    Pinning: the server (all its threads: worker, journal, shipper) on CPU 0, wrk on CPU 1
-#    (--server-cpu, --load-cpu); PostgreSQL is not pinned and shares the machine with both.
+#    (--server-cpu, --load-cpu); PostgreSQL is not pinned (--pg-cpu N pins it, every process
+#    of the cluster, for both parts) and shares the machine with both.
 # Medians of R runs; n/a where a figure could not be measured. Each step is bounded (timeout);
 # on exit everything started is stopped (servers, shipper, wrk, psql, the PostgreSQL cluster)
 # and the journals and the cluster are deleted.
@@ -39,13 +40,14 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PATH=$PATH:/usr/sbin:/usr/local/sbin
 source "$ROOT/bench/lib.sh"
 
-secs=5 runs=3 usages=1000000 conns=64 smoke=0 server_cpu=0 load_cpu=1
+secs=5 runs=3 usages=1000000 conns=64 smoke=0 server_cpu=0 load_cpu=1 pg_cpu=''
 option() {
   case $1 in
     --duration) secs=${2-} TAKES=2 ;;
     --runs) runs=${2-} TAKES=2 ;;
     --usages) usages=${2-} TAKES=2 ;;
     -c) conns=${2-} TAKES=2 ;;
+    --pg-cpu) pg_cpu=${2-} TAKES=2 ;;
     --smoke) smoke=1 TAKES=1 ;;
   esac
 }
@@ -53,6 +55,7 @@ parse_options "$@"
 secs=${secs%s}
 if ((smoke)); then secs=1 runs=1 usages=100000; fi
 numbers secs runs usages conns
+[[ -z $pg_cpu || $pg_cpu =~ ^[0-9]+$ ]] || usage
 TARGET_RATE=200000
 
 # need_postgres: PostgreSQL's server programs (Debian's `postgresql`, as .ci/run installs it:
@@ -74,8 +77,9 @@ need wrk wrk
 need curl curl
 need_postgres
 build --release
+pg_pin=${pg_cpu:+on CPU $pg_cpu}
 pinning="part 2: usaged (--threads 1; worker, journal and shipper threads) on CPU $server_cpu, wrk -t1 on"
-pinning+=" CPU $load_cpu, PostgreSQL unpinned; part 1: usaged ship and PostgreSQL unpinned"
+pinning+=" CPU $load_cpu, PostgreSQL ${pg_pin:-unpinned}; part 1: usaged ship unpinned, PostgreSQL ${pg_pin:-unpinned}"
 new_results -ship "mode=1: usaged ship of a journal into empty tables; 2: keep-alive POST with and without --ship-to" \
   "usages=$usages (part 1's journal, about)" "duration=${secs} s per run (part 2)" "runs=$runs (medians)" \
   "connections=$conns" "pinning=$pinning" "postgresql=$("$PG_BIN/postgres" --version)" \
@@ -103,6 +107,9 @@ start_pg() {
   (cd "$PG_DIR" && timeout 90 "${PG_AS[@]}" "$PG_BIN/pg_ctl" start -w -t 60 -D "$PG_DIR/data" \
     -l "$PG_DIR/log" -o "-c listen_addresses='' -k $PG_DIR" >/dev/null)
   PG_PID=$(head -1 "$PG_DIR/data/postmaster.pid")
+  # Every process of the cluster; the backends forked later inherit the postmaster's.
+  [[ -z $pg_cpu ]] || taskset -a -c -p "$pg_cpu" "$PG_PID" >/dev/null
+  [[ -z $pg_cpu ]] || for p in $(pgrep -P "$PG_PID"); do taskset -a -c -p "$pg_cpu" "$p" >/dev/null; done
   PG_URL="postgres://usaged@${PG_DIR//\//%2F}/postgres"
   PSQL=(psql -X -q -A -t -v ON_ERROR_STOP=1 -h "$PG_DIR" -U usaged -d postgres)
   export LC_ALL=C PGCONNECT_TIMEOUT=10 PGOPTIONS='-c client_min_messages=warning'
