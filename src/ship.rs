@@ -122,6 +122,8 @@ impl Shipper {
         let thread = std::thread::Builder::new()
             .name("usaged-ship".into())
             .spawn(move || {
+                // Like a journal thread: its wake-ups never preempt the worker on its CPU.
+                let _ = crate::server::rlimit::batch_scheduling();
                 run.run();
                 let _ = done.send(());
             })?;
