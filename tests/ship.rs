@@ -540,3 +540,48 @@ fn retention_keeps_what_is_not_shipped() {
         c.ask(&util::get(first), Duration::from_secs(10)).status == 410
     });
 }
+
+/// A cluster ships into one table: two nodes (`--nodes 2`) with `--ship-to` the same database;
+/// every acknowledged usage of each is there once, with its node, equal to its node's `GET`,
+/// and each node's positions are its own rows of `usaged_shipped`.
+#[test]
+fn two_nodes_ship_into_one_table() {
+    if !pg::have_postgres() {
+        return;
+    }
+    let pg = Pg::start();
+    let dirs = [TempDir::new(), TempDir::new()];
+    let nodes: Vec<Usaged> = dirs
+        .iter()
+        .enumerate()
+        .map(|(k, d)| {
+            let k = k.to_string();
+            serve(
+                d.path(),
+                &pg,
+                &["--nodes", "2", "--node", &k, "--cluster-base", "0"],
+            )
+        })
+        .collect();
+    let mut acked: [BTreeSet<u64>; 2] = Default::default();
+    for (k, s) in nodes.iter().enumerate() {
+        let mut book = Book::default();
+        let mut c = s.conn();
+        acked[k].extend(book.post(&mut c, 300));
+    }
+    for s in &nodes {
+        wait_caught_up(s, SECS_60);
+    }
+    let rows = book::table(&pg);
+    assert_eq!(rows.len(), 600, "one row per acknowledged usage");
+    for (k, s) in nodes.iter().enumerate() {
+        let got = get_all(s, &acked[k]);
+        for (id, v) in &got {
+            book::assert_row(&rows[id], v, k as u64);
+        }
+        let shipped = pg.scalar(&format!(
+            "SELECT sum(shipped) FROM usaged_shipped WHERE node = {k}"
+        ));
+        assert_eq!(shipped, "300", "node {k}'s positions");
+    }
+}
