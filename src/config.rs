@@ -14,6 +14,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, Parser, Subcommand};
 
 use crate::cluster;
+pub use crate::ship::Url;
 pub use crate::store::export::ExportFormat;
 pub use crate::store::journal::SyncMode;
 
@@ -58,6 +59,11 @@ pub struct Config {
     pub node: u32,
     /// `--cluster-base`: start a new cluster epoch at this base.
     pub cluster_base: Option<u64>,
+    /// `--ship-to`: ship usages into this PostgreSQL database (`$USAGED_SHIP_TO` is read by
+    /// `main`, so it stays out of `ps`).
+    pub ship_to: Option<Url>,
+    /// `--ship-hold`: a shipper runs beside; retention keeps what its `SHIPPED` has not passed.
+    pub ship_hold: bool,
 }
 
 impl Default for Config {
@@ -80,6 +86,16 @@ pub enum Command {
     /// `usaged haproxy-config`: print this HAProxy configuration (checked by
     /// [`cluster::check`]).
     HaproxyConfig(Box<cluster::Haproxy>),
+    /// `usaged ship`: ship the journal in `data_dir` into PostgreSQL until SIGINT/SIGTERM.
+    Ship {
+        data_dir: PathBuf,
+        /// `--to` (`None`: `$USAGED_SHIP_TO`).
+        to: Option<Url>,
+        /// `--node` (`None`: the data directory's `CLUSTER` file's, else 0).
+        node: Option<u32>,
+    },
+    /// `usaged ship --print-schema`: print the tables' DDL.
+    PrintSchema,
     /// `--help` or `--version`: print this text to stdout and exit 0.
     Help(String),
 }
@@ -100,6 +116,14 @@ pub fn parse(
     };
     match cli.command {
         Some(Export { data_dir, format }) => Ok(Command::Export { data_dir, format }),
+        Some(Ship { print_schema, .. }) if print_schema => Ok(Command::PrintSchema),
+        Some(Ship {
+            data_dir, to, node, ..
+        }) => Ok(Command::Ship {
+            data_dir,
+            to: to.map(Url),
+            node: node.map(|n| n as u32),
+        }),
         Some(HaproxyConfig {
             nodes,
             epochs,
@@ -167,7 +191,8 @@ fn one_line(e: &clap::Error) -> String {
     about = "A per-core event-loop HTTP server for the usages API.",
     override_usage = "usaged [OPTIONS]\n       usaged export [--data-dir <DIR>] [--format <FORMAT>]\n       \
                       usaged haproxy-config --node <HOST:PORT>... [--epoch <BASE:NODES>...] \
-                      [--port <N>] [--tcp-port <N>] [--stats-socket <PATH>] [--nbthread <N>]",
+                      [--port <N>] [--tcp-port <N>] [--stats-socket <PATH>] [--nbthread <N>]\n       \
+                      usaged ship [--data-dir <DIR>] [--to <URL>] [--node <K>] | --print-schema",
     after_help = "SIZE: bytes (65536), or a whole number with B, KiB, MiB, GiB or TiB (64KiB, \
                   1GiB).\nDURATION: seconds (10, 0.5), or a number with ms, s, m, h or d \
                   (500ms, 90s, 2m, 1.5h, 1d); from 0.1 seconds to 1 day, except --retain.",
@@ -222,8 +247,25 @@ enum Sub {
         #[arg(long, value_name = "N", value_parser = count(1, 64))]
         nbthread: Option<usize>,
     },
+    /// Ship the usages of the journal in --data-dir into PostgreSQL, exactly once, until
+    /// SIGINT/SIGTERM (a server beside it should run with --ship-hold)
+    Ship {
+        /// Where the journal lives
+        #[arg(long, value_name = "DIR", default_value = "usaged-data")]
+        data_dir: PathBuf,
+        /// The database: postgres://USER[:PASSWORD]@HOST[:PORT]/DB or key=value pairs
+        /// [default: $USAGED_SHIP_TO]
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+        /// The node whose journal this is [default: the data dir's CLUSTER file's, else 0]
+        #[arg(long, value_name = "K", allow_negative_numbers = true, value_parser = count(0, 63))]
+        node: Option<usize>,
+        /// Print the tables' DDL and exit
+        #[arg(long, conflicts_with_all = ["to", "node"])]
+        print_schema: bool,
+    },
 }
-use Sub::{Export, HaproxyConfig};
+use Sub::{Export, HaproxyConfig, Ship};
 
 /// The server's flags, in the order `--help` lists them.
 #[derive(Args, Debug)]
@@ -330,6 +372,14 @@ struct Serve {
     #[arg(long, value_name = "B", allow_negative_numbers = true,
           value_parser = RangedU64ValueParser::<u64>::new().range(0..1 << 52))]
     cluster_base: Option<u64>,
+    /// Ship usages into this PostgreSQL database, exactly once, from a thread of this
+    /// server; retention keeps what is not shipped [default: $USAGED_SHIP_TO, else off]
+    #[arg(long, value_name = "URL")]
+    ship_to: Option<String>,
+    /// A `usaged ship` runs beside this server: retention keeps what its SHIPPED file in
+    /// --data-dir has not passed
+    #[arg(long)]
+    ship_hold: bool,
 }
 
 impl Serve {
@@ -362,6 +412,8 @@ impl Serve {
             nodes: self.nodes as u32,
             node: self.node as u32,
             cluster_base: self.cluster_base,
+            ship_to: self.ship_to.map(Url),
+            ship_hold: self.ship_hold,
         }
     }
 }

@@ -47,5 +47,6 @@ pub mod http;
 pub mod json;
 pub mod metrics;
 pub mod server;
+pub mod ship;
 pub mod store;
 pub mod time;

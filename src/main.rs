@@ -1,6 +1,7 @@
 //! `usaged`: flags → config, recover the journal, start the workers, wait for SIGINT/SIGTERM,
 //! drain, exit 0. `usaged export` prints the stored usages without a server; `usaged
-//! haproxy-config` prints the HAProxy configuration for a cluster of nodes.
+//! haproxy-config` prints the HAProxy configuration for a cluster of nodes; `usaged ship`
+//! ships a journal into PostgreSQL.
 #![forbid(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
@@ -10,22 +11,33 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use usaged::config::{self, Command, Config, ExportFormat};
+use usaged::config::{self, Command, Config, ExportFormat, Url};
 use usaged::metrics::{Disk, Metrics, Totals};
 use usaged::server::{self, Running, signals};
+use usaged::ship::pg::Target;
+use usaged::ship::shipped::{Shared, ShipHold};
+use usaged::ship::{self, Shipper};
 use usaged::store::Store;
 use usaged::store::arena::MIN_CACHE_PER_WORKER;
 use usaged::store::export;
 use usaged::store::open::{self, Opened};
 use usaged::store::recover::Cluster;
+use usaged::store::retention::{Hold, NoHold};
 
 fn main() -> ExitCode {
     let env_port = std::env::var("PORT").ok();
     match config::parse(std::env::args().skip(1), env_port.as_deref()) {
-        Ok(Command::Serve(config)) => match check_cache(&config) {
-            Ok(()) => done(serve(&config)),
+        Ok(Command::Serve(mut config)) => match check_cache(&config).and_then(|()| {
+            // With --ship-hold a `usaged ship` runs beside: $USAGED_SHIP_TO (set for it, maybe
+            // in the same environment) must not start a second shipper here.
+            if !config.ship_hold {
+                config.ship_to = config.ship_to.take().or_else(env_ship_to);
+            }
+            ship_target(&config)
+        }) {
+            Ok(target) => done(serve(&config, target)),
             Err(e) => {
                 eprintln!("usaged: {e}");
                 ExitCode::from(2)
@@ -42,6 +54,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Ok(Command::Ship { data_dir, to, node }) => run_ship(&data_dir, to, node),
+        Ok(Command::PrintSchema) => {
+            print!("{}", ship::schema::DDL);
+            ExitCode::SUCCESS
+        }
         Ok(Command::Help(text)) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -80,8 +97,42 @@ fn done(served: Result<(), String>) -> ExitCode {
     }
 }
 
+/// `$USAGED_SHIP_TO`, if set and not empty.
+fn env_ship_to() -> Option<Url> {
+    std::env::var("USAGED_SHIP_TO")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .map(Url)
+}
+
+/// The database of `--ship-to` (or `$USAGED_SHIP_TO`), parsed (a usage error if it is bad,
+/// or if there is no journal to ship).
+fn ship_target(config: &Config) -> Result<Option<Target>, String> {
+    let Some(url) = &config.ship_to else {
+        return Ok(None);
+    };
+    if config.in_memory {
+        return Err("--ship-to needs a journal: it cannot go with --in-memory".into());
+    }
+    Target::parse(&url.0)
+        .map(Some)
+        .map_err(|e| format!("--ship-to: {e}"))
+}
+
+/// What retention must keep for a shipper: the one in this process (`--ship-to`), one beside
+/// it (`--ship-hold`: its `SHIPPED` file), or nothing.
+fn hold(config: &Config, shared: &Shared) -> Arc<dyn Hold> {
+    if config.ship_to.is_some() {
+        Arc::new(ShipHold::InProcess(Arc::clone(shared)))
+    } else if config.ship_hold {
+        Arc::new(ShipHold::File(config.data_dir.clone()))
+    } else {
+        Arc::new(NoHold)
+    }
+}
+
 /// Start, serve until SIGINT/SIGTERM, drain. Each error names what failed.
-fn serve(config: &Config) -> Result<(), String> {
+fn serve(config: &Config, target: Option<Target>) -> Result<(), String> {
     abort_on_panic();
     signals::block_shutdown_signals().map_err(|e| format!("cannot block shutdown signals: {e}"))?;
     let nofile = raise_open_files();
@@ -89,8 +140,9 @@ fn serve(config: &Config) -> Result<(), String> {
     let addr = SocketAddr::new(config.bind, config.port);
     server::listener::ensure_free(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let opened = open_store(config)?;
+    let shared = Shared::default();
     // Stopped (and joined) when dropped, after the workers.
-    let retainer = open::retention(&opened, &journal(config))?;
+    let retainer = open::retention(&opened, &journal(config), hold(config, &shared))?;
     let Opened {
         store,
         writers,
@@ -108,6 +160,21 @@ fn serve(config: &Config) -> Result<(), String> {
     if let Some(d) = disk {
         running.metrics.set_disk(d);
     }
+    let mut shipper = match target {
+        Some(target) => {
+            let opt = ship::Options {
+                dir: config.data_dir.clone(),
+                target,
+                node: config.node,
+                status_every: None,
+            };
+            let s = Shipper::start(opt, shared)
+                .map_err(|e| format!("cannot start the shipper thread: {e}"))?;
+            running.metrics.set_ship(Arc::clone(&s.stats));
+            Some(s)
+        }
+        None => None,
+    };
     print_node(&stats_store);
     print_started(config, &running, &nofile);
     if let Some(every) = config.stats {
@@ -118,12 +185,20 @@ fn serve(config: &Config) -> Result<(), String> {
         Ok(sig) => eprintln!("usaged: signal {sig}, draining"),
         Err(e) => eprintln!("usaged: sigwait failed: {e}; shutting down"),
     }
+    // The whole stop, the shipper's last batch included, keeps within grace + timeout.
+    let stop_by = Instant::now() + config.drain_grace + config.shutdown_timeout;
     // Retention first: it must not remove what the stop's last seals leave, nor outlive the
     // directory's lock.
     if let Some(mut r) = retainer {
         r.stop();
     }
     running.stop();
+    // After the journal threads: the last records are in the files.
+    if let Some(s) = &mut shipper
+        && !s.stop(stop_by.max(Instant::now() + Duration::from_millis(100)))
+    {
+        eprintln!("usaged: ship: stopped before the last batch was committed");
+    }
     eprintln!("usaged: stopped");
     Ok(())
 }
@@ -288,4 +363,48 @@ fn run_export(dir: &Path, format: ExportFormat) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// `usaged ship`: ship `dir`'s journal into PostgreSQL until SIGINT/SIGTERM (then the last
+/// batch, for up to 10 s); a status line every 10 s.
+fn run_ship(dir: &Path, to: Option<Url>, node: Option<u32>) -> ExitCode {
+    let shipped = (|| {
+        let url = to
+            .or_else(env_ship_to)
+            .ok_or("no database: give --to URL or set USAGED_SHIP_TO")?;
+        let target = Target::parse(&url.0)?;
+        let node = match node {
+            Some(n) => n,
+            None => ship::node_of(dir)?,
+        };
+        if !dir.is_dir() {
+            return Err(format!("no data directory {}", dir.display()));
+        }
+        signals::block_shutdown_signals()
+            .map_err(|e| format!("cannot block shutdown signals: {e}"))?;
+        eprintln!(
+            "usaged ship: {} as node {node} into {}",
+            dir.display(),
+            target.label
+        );
+        let opt = ship::Options {
+            dir: dir.to_path_buf(),
+            target,
+            node,
+            status_every: Some(Duration::from_secs(10)),
+        };
+        let mut s = Shipper::start(opt, Shared::default())
+            .map_err(|e| format!("cannot start the shipper thread: {e}"))?;
+        let sig = signals::wait_for_shutdown().map_err(|e| format!("sigwait failed: {e}"))?;
+        eprintln!("usaged ship: signal {sig}, stopping");
+        s.stop(Instant::now() + Duration::from_secs(10));
+        Ok::<(), String>(())
+    })();
+    match shipped {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("usaged ship: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

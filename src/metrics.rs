@@ -10,6 +10,8 @@ use crate::store::cold::ColdRead;
 use crate::store::retention;
 use crate::store::segments::Segments;
 
+mod ship;
+
 /// Route labels of `usaged_requests_total`.
 pub const ROUTES: [&str; 5] = ["create_usage", "get_usage", "health", "metrics", "other"];
 pub const ROUTE_CREATE: usize = 0;
@@ -219,6 +221,8 @@ pub struct Metrics {
     workers: Box<[WorkerMetrics]>,
     /// The journal on disk, once the store is open with one (`set_disk`).
     disk: std::sync::OnceLock<Disk>,
+    /// The shipper's counters, with `--ship-to` (`set_ship`).
+    ship: std::sync::OnceLock<std::sync::Arc<crate::ship::Stats>>,
 }
 
 /// What `/metrics` shows of the journal on disk.
@@ -283,12 +287,18 @@ impl Metrics {
         Metrics {
             workers: (0..workers).map(|_| WorkerMetrics::default()).collect(),
             disk: std::sync::OnceLock::new(),
+            ship: std::sync::OnceLock::new(),
         }
     }
 
     /// Show the journal on disk from now on (once; later calls change nothing).
     pub fn set_disk(&self, d: Disk) {
         let _ = self.disk.set(d);
+    }
+
+    /// Show the shipper's counters from now on (once; later calls change nothing).
+    pub fn set_ship(&self, s: std::sync::Arc<crate::ship::Stats>) {
+        let _ = self.ship.set(s);
     }
 
     pub fn worker(&self, i: usize) -> &WorkerMetrics {
@@ -316,6 +326,9 @@ impl Metrics {
         w.store(store);
         if let Some(d) = self.disk.get() {
             w.disk(d);
+        }
+        if let Some(s) = self.ship.get() {
+            w.ship(s);
         }
     }
 }

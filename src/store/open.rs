@@ -9,7 +9,7 @@ use super::arena::EpochLayout;
 use super::committer;
 use super::journal::{self, Header, SyncMode};
 use super::recover::{self, Cluster, Options, Recovered};
-use super::retention::{Marks, NoHold, Policy, Retainer, Retention};
+use super::retention::{Hold, Marks, Policy, Retainer, Retention};
 use super::segments::Segments;
 use super::{Store, StripeWriter};
 
@@ -105,8 +105,9 @@ pub fn journaled(stripes: u32, j: &Journal) -> Result<Opened, String> {
 }
 
 /// Retention over the opened store's journal (`None`: no journal, or neither `--retain` nor
-/// `--retain-bytes`). Every stripe of every epoch takes part.
-pub fn retention(o: &Opened, j: &Journal) -> Result<Option<Retainer>, String> {
+/// `--retain-bytes`), keeping what `hold` says (the shipper's: [`crate::ship::shipped`]).
+/// Every stripe of every epoch takes part.
+pub fn retention(o: &Opened, j: &Journal, hold: Arc<dyn Hold>) -> Result<Option<Retainer>, String> {
     let Some(segments) = &o.segments else {
         return Ok(None);
     };
@@ -127,7 +128,7 @@ pub fn retention(o: &Opened, j: &Journal) -> Result<Option<Retainer>, String> {
     let policy = Policy {
         max_age: j.retain,
         max_bytes: j.retain_bytes,
-        hold: Arc::new(NoHold),
+        hold,
     };
     let r = Retention::new(policy, Arc::clone(segments), links, o.marks.clone());
     Retainer::start(r)

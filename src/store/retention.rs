@@ -23,7 +23,7 @@
 //!
 //! # The hold
 //!
-//! A [`Hold`] (the database sink, a later issue) can keep segments it has not shipped: a held
+//! A [`Hold`] (the database sink, `crate::ship`) can keep segments it has not shipped: a held
 //! segment stops its stripe's removals, and `--retain-bytes` is then exceeded rather than
 //! anything unshipped being lost.
 
@@ -51,17 +51,17 @@ const ENTRY_LEN: usize = 24;
 /// corruption, never an allocation.
 const MAX_ENTRIES: usize = 1 << 20;
 
-/// Whether a sealed segment may be removed; the database sink says no until it has shipped
-/// it.
+/// Whether a sealed segment (segment `seq` of stripe `key`, holding `slots`) may be removed;
+/// the database sink says no until it has shipped it.
 pub trait Hold: Send + Sync {
-    fn may_remove(&self, key: &Header, slots: Range<u64>) -> bool;
+    fn may_remove(&self, key: &Header, seq: u32, slots: Range<u64>) -> bool;
 }
 
 /// Nothing held.
 pub struct NoHold;
 
 impl Hold for NoHold {
-    fn may_remove(&self, _: &Header, _: Range<u64>) -> bool {
+    fn may_remove(&self, _: &Header, _: u32, _: Range<u64>) -> bool {
         true
     }
 }
@@ -265,7 +265,7 @@ impl Retention {
                 .and_then(|l| l.pop_front())
                 .expect("a head");
             let slots = s.meta.first_slot..s.meta.first_slot + s.meta.records;
-            if !self.policy.hold.may_remove(&key, slots) {
+            if !self.policy.hold.may_remove(&key, s.meta.seq, slots) {
                 // This stripe's later segments wait behind it.
                 held += s.disk_bytes();
                 heads.remove(&key);

@@ -68,6 +68,8 @@ pub enum Wrap {
     Strace(Vec<String>),
     /// With `ulimit -v AS_LIMIT_KIB`.
     Limited,
+    /// With these environment variables set.
+    Env(Vec<(String, String)>),
 }
 
 /// A running `usaged`: killed with SIGKILL when dropped (a test stops it itself).
@@ -117,6 +119,11 @@ pub fn serve_args(dir: &Path, threads: u32, extra: &[&str]) -> Vec<String> {
 pub fn launch(wrap: Wrap, args: &[String]) -> Start {
     let mut cmd = match &wrap {
         Wrap::Plain => Command::new(BIN),
+        Wrap::Env(vars) => {
+            let mut c = Command::new(BIN);
+            c.envs(vars.iter().map(|(k, v)| (k, v)));
+            c
+        }
         Wrap::Strace(opts) => {
             let mut c = Command::new("strace");
             c.args(["-f", "-o", "/dev/null"])
@@ -181,7 +188,7 @@ pub fn launch(wrap: Wrap, args: &[String]) -> Start {
                 .and_then(|c| c.split_whitespace().next()?.parse().ok())
                 .expect("the usaged that strace started")
         }
-        Wrap::Plain | Wrap::Limited => child.id(),
+        Wrap::Plain | Wrap::Limited | Wrap::Env(_) => child.id(),
     };
     let startup_lines = log.lock().unwrap().len();
     Start::Up(Usaged {

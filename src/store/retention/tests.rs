@@ -132,7 +132,7 @@ fn a_size_limit_removes_the_oldest_until_under_it() {
 struct HoldStripe(u32);
 
 impl Hold for HoldStripe {
-    fn may_remove(&self, key: &Header, _: Range<u64>) -> bool {
+    fn may_remove(&self, key: &Header, _: u32, _: Range<u64>) -> bool {
         key.stripe != self.0
     }
 }

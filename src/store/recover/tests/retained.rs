@@ -7,7 +7,7 @@ use std::ops::Range;
 struct HoldStripe(u32);
 
 impl Hold for HoldStripe {
-    fn may_remove(&self, key: &Header, _: Range<u64>) -> bool {
+    fn may_remove(&self, key: &Header, _: u32, _: Range<u64>) -> bool {
         key.stripe != self.0
     }
 }
@@ -213,7 +213,7 @@ fn run_stripe0_only(dir: &Path, n: u64) -> Vec<u64> {
 struct OnlyBelow(u64);
 
 impl Hold for OnlyBelow {
-    fn may_remove(&self, _: &Header, slots: Range<u64>) -> bool {
+    fn may_remove(&self, _: &Header, _: u32, slots: Range<u64>) -> bool {
         slots.start < self.0
     }
 }
