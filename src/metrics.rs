@@ -551,7 +551,12 @@ impl Writer<'_> {
                 load(&r.errors),
             ),
         ];
-        for (name, kind, help, v) in families {
+        self.plain(&families);
+    }
+
+    /// Families of one unlabelled sample each: name, type, help, value.
+    pub(super) fn plain(&mut self, families: &[(&str, &str, &str, u64)]) {
+        for &(name, kind, help, v) in families {
             self.family(name, kind, help);
             self.sample(name, &[], v);
         }

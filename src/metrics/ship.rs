@@ -41,10 +41,7 @@ impl Writer<'_> {
                 load(&s.connected),
             ),
         ];
-        for (name, kind, help, v) in families {
-            self.family(name, kind, help);
-            self.sample(name, &[], v);
-        }
+        self.plain(&families);
         self.family(
             "usaged_ship_lag_seconds",
             "gauge",

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::cursor::Pos;
-use crate::store::journal::{self, Header, MAX_STRIPES};
+use crate::store::journal::{self, Header};
 use crate::store::retention::Hold;
 
 /// The file's name in the data directory.
@@ -28,6 +28,15 @@ const HEAD_LEN: usize = 20;
 const ENTRY_LEN: usize = 44;
 /// More entries than any directory has stripes: a count past it is corruption.
 const MAX_ENTRIES: usize = 1 << 20;
+/// The file's table, as [`journal::SideTable`] reads it.
+const TABLE: journal::SideTable = journal::SideTable {
+    name: FILE,
+    magic: MAGIC,
+    count_at: 16,
+    head_len: HEAD_LEN,
+    entry_len: ENTRY_LEN,
+    max_entries: MAX_ENTRIES,
+};
 
 /// One stripe's committed state, as `usaged_shipped` holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -64,33 +73,9 @@ pub fn encode(node: u32, positions: &Positions) -> Vec<u8> {
 
 /// The node and positions in a `SHIPPED` file's bytes, every number bounded before use.
 pub fn decode(b: &[u8]) -> Result<(u32, Positions), String> {
-    let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
-    let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
-    if b.len() < HEAD_LEN + 4 || &b[..8] != MAGIC {
-        return Err(format!("not a {FILE} file"));
-    }
-    if u32_at(8) != VERSION {
-        return Err(format!("{FILE} version {} is not 1", u32_at(8)));
-    }
-    let n = u32_at(16) as usize;
-    if n > MAX_ENTRIES || b.len() != HEAD_LEN + n * ENTRY_LEN + 4 {
-        return Err(format!("{FILE} of {} bytes, {n} entries", b.len()));
-    }
-    let body = b.len() - 4;
-    if crc32c::crc32c(&b[..body]) != u32_at(body) {
-        return Err(format!("{FILE} checksum mismatch"));
-    }
+    let (u32_at, u64_at) = (|at| journal::u32_le(b, at), |at| journal::u64_le(b, at));
     let mut positions = Positions::new();
-    for i in 0..n {
-        let at = HEAD_LEN + i * ENTRY_LEN;
-        let key = Header {
-            base: u64_at(at),
-            stripes: u32_at(at + 8),
-            stripe: u32_at(at + 12),
-        };
-        if key.stripes == 0 || key.stripes > MAX_STRIPES || key.stripe >= key.stripes {
-            return Err(format!("{FILE} entry {i}: bad stripe {key:?}"));
-        }
+    for (at, key) in TABLE.entries(b)? {
         let s = Shipped {
             pos: Pos {
                 seq: u32_at(at + 16),

@@ -518,6 +518,67 @@ pub fn store_file(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     made
 }
 
+/// The layout of a side file's table (`RETAINED`, `SHIPPED`): `magic`, version `u32` (1) at
+/// 8, an entry count `u32` at `count_at`, a head of `head_len` bytes, then `count` entries of
+/// `entry_len` bytes, each starting with a stripe key (base `u64`, stripes `u32`, stripe
+/// `u32`), then a CRC32C `u32` of every byte before it.
+pub struct SideTable {
+    pub name: &'static str,
+    pub magic: &'static [u8; 8],
+    pub count_at: usize,
+    pub head_len: usize,
+    pub entry_len: usize,
+    /// More entries than any directory can have: a count past it is corruption.
+    pub max_entries: usize,
+}
+
+impl SideTable {
+    /// Check `b` as this table (magic, version, length, checksum, every key bounded) and give
+    /// each entry's offset with its key.
+    pub fn entries(&self, b: &[u8]) -> Result<Vec<(usize, Header)>, String> {
+        let name = self.name;
+        if b.len() < self.head_len + 4 || &b[..8] != self.magic {
+            return Err(format!("not a {name} file"));
+        }
+        let version = u32_le(b, 8);
+        if version != 1 {
+            return Err(format!("{name} version {version} is not 1"));
+        }
+        let n = u32_le(b, self.count_at) as usize;
+        if n > self.max_entries || b.len() != self.head_len + n * self.entry_len + 4 {
+            return Err(format!("{name} of {} bytes, {n} entries", b.len()));
+        }
+        let body = b.len() - 4;
+        if crc32c::crc32c(&b[..body]) != u32_le(b, body) {
+            return Err(format!("{name} checksum mismatch"));
+        }
+        (0..n)
+            .map(|i| {
+                let at = self.head_len + i * self.entry_len;
+                let key = Header {
+                    base: u64_le(b, at),
+                    stripes: u32_le(b, at + 8),
+                    stripe: u32_le(b, at + 12),
+                };
+                if key.stripes == 0 || key.stripes > MAX_STRIPES || key.stripe >= key.stripes {
+                    return Err(format!("{name} entry {i}: bad stripe {key:?}"));
+                }
+                Ok((at, key))
+            })
+            .collect()
+    }
+}
+
+/// The little-endian `u32` at `at` of `b` (in bounds: the caller checked the length).
+pub fn u32_le(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// The little-endian `u64` at `at` of `b` (in bounds: the caller checked the length).
+pub fn u64_le(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
 /// Make the directory's entries (a new or renamed file) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -37,7 +37,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::journal::{self, Header, MAX_STRIPES};
+use super::journal::{self, Header};
 use super::link::StripeLink;
 use super::segments::{Sealed, Segments};
 
@@ -50,6 +50,15 @@ const ENTRY_LEN: usize = 24;
 /// More entries than any directory can have (stripes of every epoch): a count past it is
 /// corruption, never an allocation.
 const MAX_ENTRIES: usize = 1 << 20;
+/// The file's table, as [`journal::SideTable`] reads it.
+const TABLE: journal::SideTable = journal::SideTable {
+    name: FILE,
+    magic: MAGIC,
+    count_at: 12,
+    head_len: HEAD_LEN,
+    entry_len: ENTRY_LEN,
+    max_entries: MAX_ENTRIES,
+};
 
 /// Whether a sealed segment (segment `seq` of stripe `key`, holding `slots`) may be removed;
 /// the database sink says no until it has shipped it.
@@ -93,37 +102,13 @@ impl Marks {
 
     /// The marks in `b`, every number bounded before use.
     pub fn decode(b: &[u8]) -> Result<Marks, String> {
-        let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
-        let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
-        if b.len() < HEAD_LEN + 4 || &b[..8] != MAGIC {
-            return Err("not a RETAINED file".into());
-        }
-        if u32_at(8) != VERSION {
-            return Err(format!("RETAINED version {} is not 1", u32_at(8)));
-        }
-        let n = u32_at(12) as usize;
-        if n > MAX_ENTRIES || b.len() != HEAD_LEN + n * ENTRY_LEN + 4 {
-            return Err(format!("RETAINED of {} bytes, {n} entries", b.len()));
-        }
-        let body = b.len() - 4;
-        if crc32c::crc32c(&b[..body]) != u32_at(body) {
-            return Err("RETAINED checksum mismatch".into());
-        }
+        let entries = TABLE.entries(b)?;
         let mut marks = Marks {
             below: BTreeMap::new(),
-            id_floor: u64_at(16),
+            id_floor: journal::u64_le(b, 16),
         };
-        for i in 0..n {
-            let at = HEAD_LEN + i * ENTRY_LEN;
-            let key = Header {
-                base: u64_at(at),
-                stripes: u32_at(at + 8),
-                stripe: u32_at(at + 12),
-            };
-            if key.stripes == 0 || key.stripes > MAX_STRIPES || key.stripe >= key.stripes {
-                return Err(format!("RETAINED entry {i}: bad stripe {key:?}"));
-            }
-            marks.below.insert(key, u64_at(at + 16));
+        for (at, key) in entries {
+            marks.below.insert(key, journal::u64_le(b, at + 16));
         }
         Ok(marks)
     }
