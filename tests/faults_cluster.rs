@@ -11,7 +11,10 @@ mod harness;
 #[path = "faults/ledger.rs"]
 mod ledger;
 
-use harness::{TempDir, Usaged, have_strace, kill_at, segments, shared, start_refused};
+use harness::{
+    Start, TempDir, Usaged, Wrap, have_strace, kill_at, launch, segments, serve_args, shared,
+    start_refused,
+};
 use ledger::Ledger;
 use std::time::Duration;
 use usaged::cluster::{Epoch, owner};
@@ -138,5 +141,51 @@ fn go_on_without_the_base(l: &mut Ledger, dir: &std::path::Path) {
         assert_eq!(sent.created.len(), 10, "{sent:?}");
         s.stop_ok();
         all_node_1(l);
+    }
+}
+
+/// A start into a new cluster epoch whose `CLUSTER` cannot be written (`ENOSPC` on its write,
+/// `EIO` on its sync, injected by strace) is refused before it hands out an id, and the file
+/// still names the old epoch; the same start without the fault then goes on into the new
+/// one, every acknowledged id reading back and no id handed out twice.
+#[test]
+fn a_cluster_file_that_cannot_be_written_refuses_the_start() {
+    let _g = shared();
+    if !have_strace() {
+        return;
+    }
+    for (set, error) in [(WRITES, "ENOSPC"), (SYNCS, "EIO")] {
+        println!("{error} on {set} of CLUSTER, growth:");
+        let dir = TempDir::new();
+        let mut l = Ledger::default();
+        let mut s = Usaged::start(dir.path(), 1, NODE);
+        let sent = l.post(&mut s.conn(), 30, Duration::from_secs(10));
+        assert_eq!(sent.created.len(), 30, "{sent:?}");
+        s.stop_ok();
+        let before = std::fs::read(dir.path().join("CLUSTER")).unwrap();
+        let mut opts = vec![
+            "-e".to_string(),
+            format!("trace={set}"),
+            "-e".to_string(),
+            format!("inject={set}:error={error}:when=1"),
+        ];
+        for p in cluster_paths(dir.path()) {
+            opts.extend(["-P".to_string(), p]);
+        }
+        match launch(Wrap::Strace(opts), &serve_args(dir.path(), 1, GROWN)) {
+            Start::Exited { status, stderr } => {
+                assert!(!status.success(), "{stderr}");
+                assert!(stderr.contains("cannot write"), "{stderr}");
+            }
+            Start::Up(mut s) => {
+                s.kill9();
+                panic!("started though CLUSTER could not be written:\n{}", s.log());
+            }
+        }
+        let after = std::fs::read(dir.path().join("CLUSTER")).unwrap();
+        assert_eq!(before, after, "CLUSTER still names the old epoch");
+        l.verify_with(dir.path(), 1, GROWN);
+        assert!(l.acked.keys().any(|&id| id > 1 << 40), "the new epoch, now");
+        all_node_1(&l);
     }
 }
