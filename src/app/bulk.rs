@@ -15,6 +15,21 @@ use super::usages::json_reason;
 /// rest of it is dropped unread, so the connection never buffers more than this of a line.
 pub const MAX_LINE: usize = 4096;
 
+/// Longest result line: an error line with the longest reason and a 20-digit line number.
+pub const MAX_RESULT: usize = 128;
+
+/// The reason on the result line where a bulk's answer reached its cap: no line from there on
+/// was stored or answered.
+pub const STOPPED: &str = "answer too long: this line and the rest were not stored";
+
+/// The most answer bytes a bulk of at most `max_bulk` bytes may produce (its cap, see
+/// [`Lines::new`]). A valid line is at least 47 bytes and its `{"id":N}` at most 24, so a
+/// bulk of valid lines never comes near it; only error lines for tiny lines (2 bytes in,
+/// ~50 out) could go past it, and the answer stops there instead of growing 25-fold.
+pub fn answer_cap(max_bulk: usize) -> usize {
+    max_bulk.saturating_mul(2).saturating_add(64 << 10)
+}
+
 /// Where a bulk is between reads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Lines {
@@ -28,9 +43,23 @@ pub struct Lines {
     pub failed: u64,
     /// The id of the last usage stored (0: none).
     pub last_id: u64,
+    /// The answer may not grow past this many bytes ([`answer_cap`]).
+    cap: usize,
+    /// The answer reached its cap: the rest of the body is dropped unread.
+    pub stopped: bool,
 }
 
 impl Lines {
+    /// A bulk whose answer stays within `cap` bytes: the line that would take it nearer than
+    /// two result lines gets the [`STOPPED`] error line, and no later line is stored or
+    /// answered.
+    pub fn new(cap: usize) -> Self {
+        Lines {
+            cap,
+            ..Lines::default()
+        }
+    }
+
     /// Take the complete lines of `data` (and, when `last`, the unterminated rest as the final
     /// line): store each valid one, and append each result to `out`. Returns how many bytes
     /// of `data` were taken; the rest (a partial line of at most [`MAX_LINE`] bytes) is to be
@@ -42,6 +71,9 @@ impl Lines {
         w: &mut StripeWriter,
         out: &mut Vec<u8>,
     ) -> usize {
+        if self.stopped {
+            return data.len();
+        }
         let mut pos = 0;
         while pos < data.len() {
             let rest = &data[pos..];
@@ -60,7 +92,9 @@ impl Lines {
             // Too long already: answer it now and drop what is here and what follows of it.
             self.line += 1;
             self.skipping = true;
-            self.error(out, "line too long");
+            if self.room(out) {
+                self.error(out, "line too long");
+            }
             return data.len();
         }
         if self.skipping {
@@ -72,11 +106,11 @@ impl Lines {
     /// A line ended (by its newline, or by the end of the body): answer it unless it is empty
     /// or is the tail of a line already answered as too long.
     fn line_ends(&mut self, line: &mut [u8], w: &mut StripeWriter, out: &mut Vec<u8>) {
-        if std::mem::take(&mut self.skipping) {
+        if std::mem::take(&mut self.skipping) || self.stopped {
             return;
         }
         self.line += 1;
-        if line.iter().all(u8::is_ascii_whitespace) {
+        if line.iter().all(u8::is_ascii_whitespace) || !self.room(out) {
             return;
         }
         if line.len() > MAX_LINE {
@@ -99,10 +133,22 @@ impl Lines {
         }
     }
 
+    /// Whether the answer has room for the line in progress (and, after it, for the
+    /// [`STOPPED`] line); else that line is answered with it, and the bulk stops.
+    fn room(&mut self, out: &mut Vec<u8>) -> bool {
+        if out.len() + 2 * MAX_RESULT <= self.cap {
+            return true;
+        }
+        self.stopped = true;
+        self.error(out, STOPPED);
+        false
+    }
+
     /// The error line for the line in progress. `reason` is one of this crate's fixed
     /// messages, which need no escaping.
     fn error(&mut self, out: &mut Vec<u8>, reason: &str) {
         self.failed += 1;
+        debug_assert!(reason.len() + 41 <= MAX_RESULT);
         let mut num = itoa::Buffer::new();
         out.extend_from_slice(b"{\"error\":\"");
         out.extend_from_slice(reason.as_bytes());

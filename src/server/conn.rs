@@ -376,7 +376,7 @@ impl Conn {
                 // the client may still be sending).
                 let head = self.body().map(|p| p.head);
                 self.set_body(None);
-                self.bulk = None;
+                self.bulk_reset();
                 refuse(
                     Reject::RequestTimeout,
                     head.as_ref(),

@@ -17,8 +17,12 @@ use crate::http::request::Framing;
 use crate::http::response::{self, Extra, Persist};
 use crate::http::status::Reject;
 
+/// The answer buffer's capacity kept for the connection's next bulk; a larger one (a long
+/// answer) is freed once the answer is in the outbox.
+const KEEP_OUT: usize = 64 << 10;
+
 /// Where a bulk is between reads.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Bulk {
     lines: Lines,
     /// Body bytes taken so far (a `Content-Length` body).
@@ -29,9 +33,13 @@ impl Conn {
     /// Go on with the bulk `p`: take the complete lines buffered, and answer once its body
     /// has ended. `true`: answered (or refused); the connection goes on with what follows.
     pub(super) fn bulk(&mut self, mut p: Pending, ctx: &mut Ctx<'_>) -> bool {
+        let cap = app::bulk::answer_cap(ctx.limits.max_bulk);
         let mut b = self.bulk.take().unwrap_or_else(|| {
             self.bulk_out.clear();
-            Bulk::default()
+            Bulk {
+                lines: Lines::new(cap),
+                taken: 0,
+            }
         });
         let head_len = p.head.len;
         let w = &mut ctx.app.writer;
@@ -79,6 +87,7 @@ impl Conn {
                         };
                         refuse(r, Some(&p.head), Route::label(&p.route), ctx);
                         self.close_after();
+                        self.bulk_reset();
                         return true;
                     }
                 }
@@ -115,7 +124,7 @@ impl Conn {
             persist,
         );
         ctx.out.extend_from_slice(&self.bulk_out);
-        self.bulk_out.clear();
+        self.bulk_reset();
         if lines.last_id != 0 {
             ctx.app.last_created = lines.last_id;
         }
@@ -126,5 +135,15 @@ impl Conn {
             out_before,
             ctx,
         );
+    }
+
+    /// No bulk in progress: its answer buffer is emptied, and freed if it grew past
+    /// [`KEEP_OUT`] (so a long answer is not kept for the connection's life).
+    pub(super) fn bulk_reset(&mut self) {
+        self.bulk = None;
+        self.bulk_out.clear();
+        if self.bulk_out.capacity() > KEEP_OUT {
+            self.bulk_out = Vec::new();
+        }
     }
 }

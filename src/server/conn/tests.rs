@@ -1,4 +1,4 @@
-use super::testing::{Fixture, HEALTH, MockSock, POST, statuses};
+use super::testing::{Fixture, HEALTH, LIMITS, MockSock, POST, statuses};
 use super::*;
 use crate::http::response;
 use crate::store::Store;
@@ -297,4 +297,40 @@ fn a_cold_read_that_does_not_come_back_is_a_503_and_the_connection_goes_on() {
     assert!(h.conn.cold_done(ticket, ColdRead::Unreadable("bad".into())));
     assert_eq!(h.ready(&mut sock, true), Next::Keep);
     assert_eq!(statuses(&sock.written), vec!["500"]);
+}
+
+/// A hostile bulk: 2-byte invalid lines up to the bulk limit would answer ~25 times its size
+/// (a ~50-byte error line each); the answer stops at its cap, the buffers holding it are freed
+/// after it, and the connection goes on.
+#[test]
+fn a_bulk_of_tiny_invalid_lines_has_a_bounded_answer_and_frees_it() {
+    let mut h = Harness::new();
+    let mut sock = MockSock::default();
+    let max = LIMITS.max_bulk;
+    let head = format!(
+        "POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: {max}\r\n\r\n"
+    );
+    sock.input.push_back(head.into_bytes());
+    for _ in 0..max / (64 << 10) {
+        sock.input.push_back(b"x\n".repeat(32 << 10));
+    }
+    sock.input.push_back(HEALTH.to_vec());
+    while statuses(&sock.written).len() < 2 {
+        assert_eq!(h.ready(&mut sock, true), Next::Keep);
+    }
+    assert_eq!(statuses(&sock.written), vec!["200", "200"]);
+    let text = String::from_utf8(std::mem::take(&mut sock.written)).unwrap();
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..text.rfind("HTTP/1.1").unwrap()];
+    let cap = app::bulk::answer_cap(max);
+    assert!(body.len() <= cap, "answer {} bytes, cap {cap}", body.len());
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines[0], r#"{"error":"body is not valid JSON","line":1}"#);
+    let n = lines.len();
+    let stop = format!(r#"{{"error":"{}","line":{n}}}"#, app::bulk::STOPPED);
+    assert_eq!(lines[n - 1], stop, "the last line says where it stopped");
+    assert!(
+        h.conn.bulk_out.capacity() <= 64 << 10,
+        "answer buffer freed"
+    );
+    assert!(h.conn.unsent.capacity() <= 256 << 10);
 }
