@@ -215,3 +215,39 @@ fn every_id_answered_reads_back_after_kill_9() {
     drop(s2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_big_bulk_leaves_room_for_another_connection_on_its_worker() {
+    let s = Server::start(&["--threads", "1"]);
+    let n = 150_000;
+    let (body, _) = body_of(n);
+    let mut a = s.connect();
+    let mut b = s.connect();
+    let bulk_thread = std::thread::spawn(move || {
+        a.send(bulk(&body));
+        check(&results(&a.read(false)), n)
+    });
+    // POSTs and GETs on the other connection while the bulk streams: each answered soon.
+    let mut posted = Vec::new();
+    while !bulk_thread.is_finished() && posted.len() < 10_000 {
+        let t = std::time::Instant::now();
+        let r = b.request(util::post(README_BODY));
+        assert_eq!(r.status, 201, "{}", r.text());
+        let id = r.json()["id"].as_u64().unwrap();
+        assert_eq!(b.request(get(id)).status, 200);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        posted.push(id);
+    }
+    let ids = bulk_thread.join().unwrap();
+    assert!(ids.len() > n - n / 400);
+    // One worker numbers in the order it stores: posts stored between the bulk's lines.
+    let (first, last) = (ids[0].1, ids.last().unwrap().1);
+    let between = posted.iter().filter(|&&id| first < id && id < last).count();
+    assert!(
+        between >= 2,
+        "{between} of {} posts during the bulk",
+        posted.len()
+    );
+    read_back(&mut b, &ids[..2000]);
+    read_back(&mut b, &ids[ids.len() - 2000..]);
+}

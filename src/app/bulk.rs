@@ -22,6 +22,9 @@ pub const MAX_RESULT: usize = 128;
 /// was stored or answered.
 pub const STOPPED: &str = "answer too long: this line and the rest were not stored";
 
+/// Why the store refused a usage (the `503`'s reason, or a line's once some were stored).
+pub const REFUSED: &str = "cannot store usages now; retry later";
+
 /// The most answer bytes a bulk of at most `max_bulk` bytes may produce (its cap, see
 /// [`Lines::new`]). A valid line is at least 47 bytes and its `{"id":N}` at most 24, so a
 /// bulk of valid lines never comes near it; only error lines for tiny lines (2 bytes in,
@@ -47,6 +50,9 @@ pub struct Lines {
     cap: usize,
     /// The answer reached its cap: the rest of the body is dropped unread.
     pub stopped: bool,
+    /// The store refused the first usage, before any was stored: the bulk is answered `503`
+    /// like a JSON post, and the rest of its body is dropped unread.
+    pub refused: bool,
 }
 
 impl Lines {
@@ -129,7 +135,11 @@ impl Lines {
                 out.extend_from_slice(num.format(id).as_bytes());
                 out.extend_from_slice(b"}\n");
             }
-            Err(StoreFull) => self.error(out, "cannot store usages now; retry later"),
+            Err(StoreFull) if self.stored == 0 => {
+                self.refused = true;
+                self.stopped = true;
+            }
+            Err(StoreFull) => self.error(out, REFUSED),
         }
     }
 

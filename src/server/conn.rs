@@ -182,6 +182,9 @@ enum Stop {
     Parked,
     /// Enough output is queued: write it before answering more.
     OutputFull,
+    /// A bulk took its share of this drive (`bulk::BULK_DRIVE`): go on once its lines so far
+    /// are journaled, after the worker's other connections.
+    Yield,
 }
 
 pub struct Conn {
@@ -221,6 +224,8 @@ pub struct Conn {
     /// the connection's next bulk).
     bulk: Option<bulk::Bulk>,
     bulk_out: Vec<u8>,
+    /// Body bytes offered to the bulk in this drive (see `bulk::BULK_DRIVE`).
+    bulk_drive: usize,
 }
 
 impl Conn {
@@ -245,6 +250,7 @@ impl Conn {
             tickets: 0,
             bulk: None,
             bulk_out: Vec::new(),
+            bulk_drive: 0,
         }
     }
 
@@ -459,6 +465,7 @@ impl Conn {
             return self.linger(sock, discarded);
         }
         let mut readable = readable;
+        self.bulk_drive = 0;
         if !self.unsent.is_empty() {
             if let Some(next) = self.flush_unsent(sock, ctx) {
                 return next;
@@ -483,7 +490,7 @@ impl Conn {
     ) -> Result<(), ()> {
         loop {
             match self.process(ctx) {
-                Stop::OutputFull => {
+                Stop::OutputFull | Stop::Yield => {
                     // Answer the rest after this output is out (the worker drives us again).
                     self.more = true;
                     return Ok(());

@@ -21,6 +21,13 @@ use crate::http::status::Reject;
 /// answer) is freed once the answer is in the outbox.
 const KEEP_OUT: usize = 64 << 10;
 
+/// Body bytes one drive of a connection offers to its bulk before it yields: the rest waits
+/// in the input and the socket, and the connection is driven again once the part it filed is
+/// released (after the batch holding its lines is written), so the other connections of the
+/// worker are served meanwhile and one bulk adds at most about this much (plus one read
+/// buffer) to each journal batch.
+pub(super) const BULK_DRIVE: usize = 1 << 20;
+
 /// Where a bulk is between reads.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Bulk {
@@ -42,6 +49,7 @@ impl Conn {
             }
         });
         let head_len = p.head.len;
+        self.bulk_drive += self.input.len() - head_len;
         let w = &mut ctx.app.writer;
         let ended = match p.head.framing {
             Framing::Length(n) => {
@@ -109,10 +117,17 @@ impl Conn {
     }
 
     /// The bulk's body has ended (`consumed` bytes from its head on): `200` with its result
-    /// lines, and move past it.
+    /// lines (`503` if the store refused its first usage), and move past it.
     fn bulk_answer(&mut self, p: &Pending, lines: Lines, consumed: usize, ctx: &mut Ctx<'_>) {
         self.set_body(None);
         let out_before = ctx.out.len();
+        if lines.refused {
+            self.bulk_reset();
+            let r = Reject::Busy(app::bulk::REFUSED);
+            let close = app::reject(r, Some(&p.head), &mut super::answer(ctx));
+            self.answered(p, consumed, (close, r.status()), out_before, ctx);
+            return;
+        }
         let persist = app::persist(&p.head, ctx.draining);
         response::head(
             ctx.out,

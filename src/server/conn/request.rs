@@ -50,6 +50,9 @@ impl Conn {
                 },
             };
             if p.route == Ok(Route::CreateBulk) {
+                if self.bulk_drive >= super::bulk::BULK_DRIVE {
+                    return Stop::Yield;
+                }
                 if self.bulk(p, ctx) {
                     continue;
                 }
