@@ -27,6 +27,8 @@ pub struct Config {
     pub threads: Option<usize>,
     pub pin: bool,
     pub max_body: usize,
+    /// Largest `application/x-ndjson` bulk body (`--max-bulk-body`).
+    pub max_bulk_body: usize,
     pub max_header: usize,
     /// `None`: derived from the open-file limit at start.
     pub max_conns: Option<usize>,
@@ -286,6 +288,10 @@ struct Serve {
     #[arg(long, value_name = "SIZE", default_value = "65536", allow_negative_numbers = true,
           value_parser = size::<usize>(0, 1 << 30))]
     max_body: usize,
+    /// Largest NDJSON bulk body (else 413), streamed line by line, up to 1GiB
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", allow_negative_numbers = true,
+          value_parser = size::<usize>(0, 1 << 30))]
+    max_bulk_body: usize,
     /// Largest request line and headers (else 431), 256 to 1MiB
     #[arg(long, value_name = "SIZE", default_value = "8192", allow_negative_numbers = true,
           value_parser = size::<usize>(256, 1 << 20))]
@@ -391,6 +397,7 @@ impl Serve {
             threads: self.threads,
             pin: !self.no_pin,
             max_body: self.max_body,
+            max_bulk_body: self.max_bulk_body,
             max_header: self.max_header,
             max_conns: self.max_conns,
             header_timeout: self.header_timeout,

@@ -128,6 +128,7 @@ fn allocations_after_warm_up(store: &Arc<Store>, warm: usize, counted: usize) ->
     let limits = Limits {
         max_header: 8192,
         max_body: 65536,
+        max_bulk: 1 << 20,
         timeouts: TIMEOUTS,
     };
     let mut run = |sock: &mut Loopback, n: usize| {

@@ -163,7 +163,7 @@ proptest! {
         let mut app = App::new(Arc::clone(&store), store.writer(0), Arc::new(usaged::metrics::Metrics::new(1)), Arc::new(Default::default()));
         let (mut out, date) = (Vec::new(), DateCache::default());
         let timeouts = Timeouts { header_ms: 1000, body_ms: 1000, idle_ms: 1000, write_ms: 1000, linger_ms: 1000 };
-        let limits = Limits { max_header: 1024, max_body: 4096, timeouts };
+        let limits = Limits { max_header: 1024, max_body: 4096, max_bulk: 65536, timeouts };
         let mut conn = Conn::new(vec![0; DEFAULT_BUF].into_boxed_slice());
         let wm = usaged::metrics::WorkerMetrics::default();
         let mut sock = Pieces { input, output: Vec::new() };

@@ -2,6 +2,7 @@
 //! ([`usages`], [`health`]). Bytes in, bytes appended to the worker's output buffer.
 #![forbid(unsafe_code)]
 
+pub mod bulk;
 pub mod health;
 pub mod router;
 pub mod usages;
@@ -99,6 +100,8 @@ impl App {
                 usages::create(&mut self.writer, body, head, a, &mut self.last_created)
                     .map(|c| (c, 201))
             }
+            // Streamed by the connection (`server/conn/bulk.rs` with [`bulk`]), never whole.
+            Ok(Route::CreateBulk) => Err(Reject::NotImplemented),
             Ok(Route::GetUsage(id)) => match usages::get(&self.store, id, head, a) {
                 Ok(Ok(c)) => Ok((c, 200)),
                 Ok(Err(ask)) => return Responded::Cold(ask),

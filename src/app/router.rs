@@ -8,6 +8,9 @@ use crate::http::status::Reject;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     CreateUsage,
+    /// `POST /api/usages` with `Content-Type: application/x-ndjson`: one usage per line,
+    /// streamed (`app::bulk`).
+    CreateBulk,
     /// `GET`/`HEAD /api/usages/{id}`; `None` when `{id}` is not a positive decimal integer.
     GetUsage(Option<u64>),
     Health,
@@ -18,7 +21,7 @@ impl Route {
     /// The `route` label of `usaged_requests_total`.
     pub fn label(route: &Result<Route, Reject>) -> usize {
         match route {
-            Ok(Route::CreateUsage) => crate::metrics::ROUTE_CREATE,
+            Ok(Route::CreateUsage | Route::CreateBulk) => crate::metrics::ROUTE_CREATE,
             Ok(Route::GetUsage(_)) => crate::metrics::ROUTE_GET,
             Ok(Route::Health) => crate::metrics::ROUTE_HEALTH,
             Ok(Route::Metrics) => crate::metrics::ROUTE_METRICS,
@@ -36,6 +39,7 @@ pub fn route(head: &Head, path: &[u8]) -> Result<Route, Reject> {
     match path {
         b"/api/usages" if head.method == Method::Post => match head.framing {
             Framing::None => Err(Reject::LengthRequired),
+            _ if head.ndjson => Ok(Route::CreateBulk),
             _ if !head.json => Err(Reject::UnsupportedMediaType),
             _ => Ok(Route::CreateUsage),
         },
@@ -101,6 +105,14 @@ mod tests {
             (
                 "POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n".into(),
                 Err(Reject::UnsupportedMediaType),
+            ),
+            (
+                "POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson; charset=utf-8\r\nContent-Length: 2\r\n\r\n".into(),
+                Ok(Route::CreateBulk),
+            ),
+            (
+                "POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
+                Ok(Route::CreateBulk),
             ),
             (
                 "GET /api/usages HTTP/1.1\r\nHost: x\r\n\r\n".into(),

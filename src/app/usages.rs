@@ -138,7 +138,7 @@ pub fn write_csv(out: &mut Vec<u8>, id: u64, u: &StoredUsage) {
     out.push(b'\n');
 }
 
-fn json_reason(e: JsonError) -> &'static str {
+pub(crate) fn json_reason(e: JsonError) -> &'static str {
     match e {
         JsonError::Syntax => "body is not valid JSON",
         JsonError::NotObject => "body must be a JSON object",

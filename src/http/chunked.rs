@@ -55,6 +55,9 @@ pub struct Chunked {
     digits: u8,
     /// Extension and trailer bytes seen, against [`MAX_LINE_EXTRA`].
     extra: usize,
+    /// Decoded bytes already used up and dropped ([`Chunked::drop_front`]); they still count
+    /// against the body limit.
+    dropped: usize,
 }
 
 impl Chunked {
@@ -98,7 +101,7 @@ impl Chunked {
                 }
                 (State::SizeLf, b'\n') if self.size == 0 => State::TrailerStart,
                 (State::SizeLf, b'\n') => {
-                    if self.decoded as u64 + self.size > max_body as u64 {
+                    if (self.dropped + self.decoded) as u64 + self.size > max_body as u64 {
                         return Err(ChunkError::TooLarge);
                     }
                     self.digits = 0;
@@ -128,6 +131,24 @@ impl Chunked {
             };
         }
         Ok(Progress::NeedMore)
+    }
+
+    /// Decoded bytes at the front of the region, so far.
+    pub fn decoded(&self) -> usize {
+        self.decoded
+    }
+
+    /// The first `n` decoded bytes were used up (a streamed body): `region[n..]` moves to the
+    /// front. Returns `n`, by which the caller shortens its buffered length.
+    pub fn drop_front(&mut self, region: &mut [u8], n: usize) -> usize {
+        debug_assert!(n <= self.decoded);
+        if n > 0 {
+            region.copy_within(n.., 0);
+            self.decoded -= n;
+            self.consumed -= n;
+            self.dropped += n;
+        }
+        n
     }
 
     /// Drop the parsed-but-unneeded bytes between the decoded body and the unparsed rest:

@@ -41,6 +41,9 @@ pub struct Head {
     pub expect_continue: bool,
     /// `Content-Type` is `application/json` (any parameters).
     pub json: bool,
+    /// `Content-Type` is `application/x-ndjson` (any parameters): a bulk of usages, one per
+    /// line, whose `Content-Length` is checked against the bulk limit instead.
+    pub ndjson: bool,
 }
 
 /// What the buffered bytes amount to so far.
@@ -52,8 +55,14 @@ pub enum Parsed {
     Reject(Reject),
 }
 
-/// Parse the head at the start of `buf`.
+/// Parse the head at the start of `buf`, with one body limit for every request.
 pub fn parse_head(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
+    parse_head_bulk(buf, max_header, max_body, max_body)
+}
+
+/// Parse the head at the start of `buf`: a `Content-Length` past `max_body` is `413`, or
+/// past `max_bulk` for an `application/x-ndjson` body (a bulk, streamed line by line).
+pub fn parse_head_bulk(buf: &[u8], max_header: usize, max_body: usize, max_bulk: usize) -> Parsed {
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut headers) {
@@ -68,7 +77,7 @@ pub fn parse_head(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
         return Parsed::Reject(Reject::BadRequest("malformed request line"));
     };
-    match analyse(req.headers, version, max_body) {
+    match analyse(req.headers, version, (max_body, max_bulk)) {
         Ok(fields) => Parsed::Head(Head {
             len,
             method: match method {
@@ -87,6 +96,7 @@ pub fn parse_head(buf: &[u8], max_header: usize, max_body: usize) -> Parsed {
             framing: fields.framing,
             expect_continue: fields.expect_continue && version == 1,
             json: fields.json,
+            ndjson: fields.ndjson,
         }),
         Err(r) => Parsed::Reject(r),
     }
@@ -153,12 +163,15 @@ struct Fields {
     close: bool,
     expect_continue: bool,
     json: bool,
+    ndjson: bool,
 }
 
+/// The headers into [`Fields`]; `max_body` is `(json, bulk)`: the largest `Content-Length`
+/// of any other body and of an `application/x-ndjson` one.
 fn analyse(
     headers: &[httparse::Header<'_>],
     version: u8,
-    max_body: usize,
+    (max_body, max_bulk): (usize, usize),
 ) -> Result<Fields, Reject> {
     let mut f = Fields {
         framing: Framing::None,
@@ -166,6 +179,7 @@ fn analyse(
         close: false,
         expect_continue: false,
         json: false,
+        ndjson: false,
     };
     let (mut hosts, mut length, mut chunked, mut other_coding) = (0, None, false, false);
     for h in headers {
@@ -199,6 +213,7 @@ fn analyse(
         } else if name.eq_ignore_ascii_case(b"content-type") {
             let media = value.split(|&b| b == b';').next().map_or(&b""[..], trim);
             f.json = media.eq_ignore_ascii_case(b"application/json");
+            f.ndjson = media.eq_ignore_ascii_case(b"application/x-ndjson");
         }
     }
     if version == 1 && hosts != 1 {
@@ -216,7 +231,9 @@ fn analyse(
         }
         (_, true) if other_coding => return Err(Reject::NotImplemented),
         (_, true) => Framing::Chunked,
-        (Some(n), false) if n > max_body as u64 => return Err(Reject::PayloadTooLarge),
+        (Some(n), false) if n > (if f.ndjson { max_bulk } else { max_body }) as u64 => {
+            return Err(Reject::PayloadTooLarge);
+        }
         (Some(n), false) => Framing::Length(n as usize),
         (None, false) => Framing::None,
     };

@@ -72,6 +72,8 @@ pub fn head(
 }
 
 pub const JSON: &[u8] = b"application/json";
+/// The media type of a bulk's answer, one JSON object per line.
+pub const NDJSON: &[u8] = b"application/x-ndjson";
 
 /// `{"error":"<reason>"}` with `status`; `reason` is a static ASCII string without quotes.
 #[cold]

@@ -20,6 +20,7 @@
 //! the socket so the state machine runs in tests without a network (`testing.rs`).
 #![forbid(unsafe_code)]
 
+mod bulk;
 mod clock;
 mod input;
 mod output;
@@ -58,6 +59,8 @@ pub const COLD_READ_MS: u64 = 10_000;
 pub struct Limits {
     pub max_header: usize,
     pub max_body: usize,
+    /// Largest bulk (`application/x-ndjson`) body: streamed, never buffered whole.
+    pub max_bulk: usize,
     pub timeouts: Timeouts,
 }
 
@@ -90,9 +93,10 @@ pub enum Timeout {
 }
 
 impl Limits {
-    /// Largest read buffer: a whole request of the largest size, plus a partial chunk line.
+    /// Largest read buffer: a whole request of the largest size (or a bulk's head and one
+    /// partial line), plus a partial chunk line.
     fn max_buf(&self) -> usize {
-        self.max_header + self.max_body + 4096
+        self.max_header + self.max_body.max(app::bulk::MAX_LINE) + 4096
     }
 }
 
@@ -178,6 +182,9 @@ enum Stop {
     Parked,
     /// Enough output is queued: write it before answering more.
     OutputFull,
+    /// A bulk took its share of this drive (`bulk::BULK_DRIVE`): go on once its lines so far
+    /// are journaled, after the worker's other connections.
+    Yield,
 }
 
 pub struct Conn {
@@ -213,6 +220,12 @@ pub struct Conn {
     parked: Option<Parked>,
     cold_result: Option<crate::store::cold::ColdRead>,
     tickets: u32,
+    /// The bulk whose body is arriving, and its answer lines so far (the buffer is kept for
+    /// the connection's next bulk).
+    bulk: Option<bulk::Bulk>,
+    bulk_out: Vec<u8>,
+    /// Body bytes offered to the bulk in this drive (see `bulk::BULK_DRIVE`).
+    bulk_drive: usize,
 }
 
 impl Conn {
@@ -235,6 +248,9 @@ impl Conn {
             parked: None,
             cold_result: None,
             tickets: 0,
+            bulk: None,
+            bulk_out: Vec::new(),
+            bulk_drive: 0,
         }
     }
 
@@ -366,6 +382,7 @@ impl Conn {
                 // the client may still be sending).
                 let head = self.body().map(|p| p.head);
                 self.set_body(None);
+                self.bulk_reset();
                 refuse(
                     Reject::RequestTimeout,
                     head.as_ref(),
@@ -448,6 +465,7 @@ impl Conn {
             return self.linger(sock, discarded);
         }
         let mut readable = readable;
+        self.bulk_drive = 0;
         if !self.unsent.is_empty() {
             if let Some(next) = self.flush_unsent(sock, ctx) {
                 return next;
@@ -472,7 +490,7 @@ impl Conn {
     ) -> Result<(), ()> {
         loop {
             match self.process(ctx) {
-                Stop::OutputFull => {
+                Stop::OutputFull | Stop::Yield => {
                     // Answer the rest after this output is out (the worker drives us again).
                     self.more = true;
                     return Ok(());

@@ -170,6 +170,7 @@ fn conn_limits(config: &Config) -> conn::Limits {
     conn::Limits {
         max_header: config.max_header,
         max_body: config.max_body,
+        max_bulk: config.max_bulk_body,
         timeouts: conn::Timeouts {
             header_ms: ms(config.header_timeout),
             body_ms: ms(config.body_timeout),

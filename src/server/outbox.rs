@@ -20,6 +20,10 @@ pub struct Held {
     end: usize,
 }
 
+/// The capacity kept once the outbox is empty: above what a loop turn's answers take
+/// (`TURN_OUT_MAX` and the parts left over), below a long bulk answer.
+const KEEP: usize = 8 << 20;
+
 #[derive(Debug, Default)]
 pub struct Outbox {
     bytes: Vec<u8>,
@@ -105,6 +109,8 @@ impl Outbox {
     pub fn reclaim(&mut self) {
         if self.waiting.is_empty() {
             self.bytes.clear();
+            // A bulk's answer is one part of up to twice its body: not kept for good.
+            self.bytes.shrink_to(KEEP);
             return;
         }
         if self.bytes.len() < 2 * self.live + (64 << 10) {

@@ -9,6 +9,9 @@ use std::io::{self, Read, Write};
 use super::{Conn, Ctx, LINGER_MAX, Next, Phase, Timeouts};
 use crate::metrics::{self, WorkerMetrics};
 
+/// The capacity of `unsent` kept once it is empty again.
+const UNSENT_KEEP: usize = 256 << 10;
+
 impl Conn {
     /// Write output held back by a full socket. `None`: all of it went and the connection
     /// goes on reading; else what the readiness ends with.
@@ -28,6 +31,10 @@ impl Conn {
         }
         if !self.unsent.is_empty() {
             return Some(Next::Keep);
+        }
+        if self.unsent.capacity() > UNSENT_KEEP {
+            // It held a long answer (a bulk's): not kept for the connection's life.
+            self.unsent = Vec::new();
         }
         if self.done_reading() {
             if self.held_parts > 0 {

@@ -8,7 +8,7 @@ use super::{Conn, Ctx, OUT_HIGH, Parked, Pending, Stop, TURN_OUT_MAX, answer, re
 use crate::access_log::Line;
 use crate::app::{self, Answer, Responded, Route, router};
 use crate::http::chunked::{ChunkError, Chunked, Progress};
-use crate::http::request::{Framing, Head, Parsed, parse_head};
+use crate::http::request::{Framing, Head, Parsed, parse_head_bulk};
 use crate::http::response;
 use crate::http::status::Reject;
 use crate::metrics;
@@ -49,6 +49,15 @@ impl Conn {
                     None => return Stop::Idle,
                 },
             };
+            if p.route == Ok(Route::CreateBulk) {
+                if self.bulk_drive >= super::bulk::BULK_DRIVE {
+                    return Stop::Yield;
+                }
+                if self.bulk(p, ctx) {
+                    continue;
+                }
+                return Stop::Idle;
+            }
             let Some(body) = self.framed_body(p, ctx) else {
                 return Stop::Idle;
             };
@@ -66,7 +75,8 @@ impl Conn {
             return None;
         }
         let req = self.input.unread();
-        match parse_head(req, ctx.limits.max_header, ctx.limits.max_body) {
+        let l = &ctx.limits;
+        match parse_head_bulk(req, l.max_header, l.max_body, l.max_bulk) {
             Parsed::Partial => None,
             Parsed::Reject(r) => {
                 refuse(r, None, metrics::ROUTE_OTHER, ctx);
@@ -190,7 +200,7 @@ impl Conn {
 
     /// The request at `start` (`consumed` bytes) was answered `(close, status)` from
     /// `out_before` on: count and log it, and move past it.
-    fn answered(
+    pub(super) fn answered(
         &mut self,
         p: &Pending,
         consumed: usize,
@@ -245,7 +255,7 @@ impl Conn {
     /// The head is in, the body is not: remember where we are, and answer `Expect:
     /// 100-continue` (with `100`, or with the final error at once, closing since the body
     /// will not be read).
-    fn await_body(&mut self, mut p: Pending, ctx: &mut Ctx<'_>) {
+    pub(super) fn await_body(&mut self, mut p: Pending, ctx: &mut Ctx<'_>) {
         if p.head.expect_continue && !p.continue_sent {
             p.continue_sent = true;
             match p.route {

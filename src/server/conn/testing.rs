@@ -84,6 +84,7 @@ pub const TIMEOUTS: Timeouts = Timeouts {
 pub const LIMITS: Limits = Limits {
     max_header: 8192,
     max_body: 65536,
+    max_bulk: 1 << 20,
     timeouts: TIMEOUTS,
 };
 

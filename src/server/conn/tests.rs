@@ -1,4 +1,4 @@
-use super::testing::{Fixture, HEALTH, MockSock, POST, statuses};
+use super::testing::{Fixture, HEALTH, LIMITS, MockSock, POST, statuses};
 use super::*;
 use crate::http::response;
 use crate::store::Store;
@@ -20,6 +20,20 @@ impl Harness {
     fn ready(&mut self, sock: &mut MockSock, readable: bool) -> Next {
         let mut ctx = self.fx.ctx();
         self.conn.run_once(sock, &mut ctx, readable)
+    }
+
+    /// One drive with bulks of up to 8 MiB (the worker's `drive`: no `complete` after it).
+    fn drive_big(&mut self, sock: &mut MockSock) -> Next {
+        let mut ctx = self.fx.ctx();
+        ctx.limits.max_bulk = 8 << 20;
+        self.conn.on_ready(sock, &mut ctx, true)
+    }
+
+    /// As [`Harness::ready`], with bulks of up to 8 MiB.
+    fn ready_big(&mut self, sock: &mut MockSock) -> Next {
+        let mut ctx = self.fx.ctx();
+        ctx.limits.max_bulk = 8 << 20;
+        self.conn.run_once(sock, &mut ctx, true)
     }
 }
 
@@ -297,4 +311,114 @@ fn a_cold_read_that_does_not_come_back_is_a_503_and_the_connection_goes_on() {
     assert!(h.conn.cold_done(ticket, ColdRead::Unreadable("bad".into())));
     assert_eq!(h.ready(&mut sock, true), Next::Keep);
     assert_eq!(statuses(&sock.written), vec!["500"]);
+}
+
+/// A hostile bulk: 2-byte invalid lines up to the bulk limit would answer ~25 times its size
+/// (a ~50-byte error line each); the answer stops at its cap, the buffers holding it are freed
+/// after it, and the connection goes on.
+#[test]
+fn a_bulk_of_tiny_invalid_lines_has_a_bounded_answer_and_frees_it() {
+    let mut h = Harness::new();
+    let mut sock = MockSock::default();
+    let max = LIMITS.max_bulk;
+    let head = format!(
+        "POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: {max}\r\n\r\n"
+    );
+    sock.input.push_back(head.into_bytes());
+    for _ in 0..max / (64 << 10) {
+        sock.input.push_back(b"x\n".repeat(32 << 10));
+    }
+    sock.input.push_back(HEALTH.to_vec());
+    while statuses(&sock.written).len() < 2 {
+        assert_eq!(h.ready(&mut sock, true), Next::Keep);
+    }
+    assert_eq!(statuses(&sock.written), vec!["200", "200"]);
+    let text = String::from_utf8(std::mem::take(&mut sock.written)).unwrap();
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..text.rfind("HTTP/1.1").unwrap()];
+    let cap = app::bulk::answer_cap(max);
+    assert!(body.len() <= cap, "answer {} bytes, cap {cap}", body.len());
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines[0], r#"{"error":"body is not valid JSON","line":1}"#);
+    let n = lines.len();
+    let stop = format!(r#"{{"error":"{}","line":{n}}}"#, app::bulk::STOPPED);
+    assert_eq!(lines[n - 1], stop, "the last line says where it stopped");
+    assert!(
+        h.conn.bulk_out.capacity() <= 64 << 10,
+        "answer buffer freed"
+    );
+    assert!(h.conn.unsent.capacity() <= 256 << 10);
+}
+
+fn bulk_of(lines: usize) -> Vec<u8> {
+    let line = br#"{"patientId":"p","timestamp":"2024-01-02T03:04:05Z","medication":"m"}"#;
+    let mut body = Vec::new();
+    for _ in 0..lines {
+        body.extend_from_slice(line);
+        body.push(b'\n');
+    }
+    let mut req = format!(
+        "POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    req
+}
+
+#[test]
+fn one_drive_takes_a_bounded_share_of_a_bulk_and_the_next_goes_on() {
+    let mut h = Harness::new();
+    let mut sock = MockSock::default();
+    let n = 60_000; // 4.2 MiB, all in the socket at once
+    sock.input.push_back(bulk_of(n));
+    assert_eq!(h.drive_big(&mut sock), Next::Keep);
+    let stored = h.fx.app.writer.last_id();
+    let most = (bulk::BULK_DRIVE + LIMITS.max_buf()) / 71 + 1;
+    assert!(stored > 0 && stored as usize <= most, "{stored} > {most}");
+    assert!(h.conn.take_more(), "driven again without a readiness event");
+    assert!(h.fx.out.is_empty(), "not answered yet");
+    // Driven again as the worker does: the rest, and one complete answer.
+    h.fx.out.clear();
+    while statuses(&sock.written).is_empty() {
+        assert_eq!(h.ready_big(&mut sock), Next::Keep);
+    }
+    assert_eq!(statuses(&sock.written), vec!["200"]);
+    let text = String::from_utf8(std::mem::take(&mut sock.written)).unwrap();
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    assert_eq!(body.lines().count(), n);
+    assert!(body.lines().all(|l| l.starts_with("{\"id\":")));
+}
+
+#[test]
+fn a_bulk_the_store_refuses_from_its_first_line_is_503() {
+    let mut h = Harness::new();
+    let mut sock = MockSock::default();
+    h.fx.app.writer.set_accepting(false);
+    sock.input.push_back(bulk_of(3));
+    sock.input.push_back(HEALTH.to_vec());
+    while statuses(&sock.written).len() < 2 {
+        assert_eq!(h.ready(&mut sock, true), Next::Keep);
+    }
+    assert_eq!(statuses(&sock.written), vec!["503", "200"]);
+    let text = String::from_utf8(std::mem::take(&mut sock.written)).unwrap();
+    assert!(text.contains("Retry-After: 1\r\n"), "{text}");
+    assert!(text.contains(r#"{"error":"cannot store usages now; retry later"}"#));
+    // Once a line is stored, a refusal is that line's error: the bulk still gets its 200.
+    h.fx.app.writer.set_accepting(true);
+    let req = bulk_of(30_000); // 2.1 MiB
+    let (first, rest) = req.split_at(req.len() - (1 << 20));
+    sock.input.push_back(first.to_vec());
+    assert_eq!(h.drive_big(&mut sock), Next::Keep);
+    assert!(h.fx.app.writer.last_id() > 0);
+    h.fx.out.clear();
+    h.fx.app.writer.set_accepting(false);
+    sock.input.push_back(rest.to_vec());
+    while statuses(&sock.written).is_empty() {
+        assert_eq!(h.ready_big(&mut sock), Next::Keep);
+    }
+    assert_eq!(statuses(&sock.written), vec!["200"]);
+    let text = String::from_utf8(sock.written).unwrap();
+    assert!(
+        text.ends_with("{\"error\":\"cannot store usages now; retry later\",\"line\":30000}\n")
+    );
 }
