@@ -12,7 +12,7 @@
 //!
 //! A slot holds a key's fingerprint (128-bit SipHash of the key), the fingerprint of the body
 //! it came with, when it was first seen, and its result: the id of a single post, or where the
-//! id runs of a bulk are ([`Runs`]). A result counts only once the journal batch holding it is
+//! id runs of a bulk are ([`Run`]). A result counts only once the journal batch holding it is
 //! written: the slot names the worker and batch, and each worker publishes the batches its
 //! journal has written ([`Keys::set_durable`]); before that, a retry gets `409`.
 //!

@@ -165,6 +165,10 @@ impl KeyedBulk {
         }
         match found {
             Bulk::Fresh(t) => k.ticket = Some(t),
+            Bulk::Replay(prev) => {
+                k.created_s = prev.created_s;
+                k.prev = Some(prev);
+            }
             Bulk::Resume(t, prev) => {
                 k.ticket = Some(t);
                 k.created_s = prev.created_s;

@@ -60,7 +60,7 @@ pub fn rebuild(dir: &Path, keys: &Keys, window_s: u64) -> std::io::Result<Rebuil
             // Never trust a number read from disk: a key from the future, or past the window,
             // is not restored.
             if m.created_s > now_s.saturating_add(86_400)
-                || m.created_s.saturating_add(window_s) <= now_s
+                || m.created_s.saturating_add(window_s) < now_s
             {
                 return;
             }

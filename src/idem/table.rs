@@ -109,7 +109,10 @@ pub enum Single {
 pub enum Bulk {
     /// New: claimed (streaming).
     Fresh(Ticket),
-    /// Seen before (claimed again, streaming): its stored prefix replays ([`BulkPrev`]).
+    /// Seen whole before: it replays, storing nothing (no claim).
+    Replay(BulkPrev),
+    /// Seen cut off before (claimed again, streaming): its stored prefix replays
+    /// ([`BulkPrev`]), the rest is stored.
     Resume(Ticket, BulkPrev),
     Busy,
     /// The key belongs to a single post: `422` once the body is read.
@@ -204,6 +207,18 @@ unsafe impl ZeroValid for AtomicU64 {}
 // SAFETY: a `repr(C)` struct of atomic integers and arrays of them.
 unsafe impl ZeroValid for Bucket {}
 
+/// What a slot at rest says of the bulk it holds, with its `runs`.
+fn prev_of(words: [u64; WORDS], runs: Vec<Run>) -> BulkPrev {
+    BulkPrev {
+        end: words[W_END],
+        body: words[W_BODY],
+        complete: words[W_META] & 0xff == COMPLETE,
+        created_s: words[W_META] >> 8,
+        runs,
+        words,
+    }
+}
+
 fn meta(created_s: u64, state: u64) -> u64 {
     created_s << 8 | state
 }
@@ -293,7 +308,7 @@ impl Keys {
         let m = self.word(b, way, W_META);
         m & 0xff == EMPTY
             || (m & 0xff != STREAMING
-                && (m >> 8).saturating_add(self.window_s) <= now_s
+                && (m >> 8).saturating_add(self.window_s) < now_s
                 && self.durable(b, way))
     }
 
@@ -412,6 +427,23 @@ impl Keys {
                     (Bulk::Busy, false)
                 } else if state == SINGLE {
                     (Bulk::Conflict, false)
+                } else if state == COMPLETE {
+                    // Replayed whole, storing nothing: no claim, so replays may run side by
+                    // side and a retry meanwhile is answered too.
+                    match self.read_runs(words[W_RUNS]) {
+                        Some(runs) => (Bulk::Replay(prev_of(words, runs)), false),
+                        None => {
+                            self.set(b, way, streaming);
+                            (
+                                Bulk::Fresh(Ticket {
+                                    bucket: b,
+                                    way,
+                                    key,
+                                }),
+                                true,
+                            )
+                        }
+                    }
                 } else {
                     let t = Ticket {
                         bucket: b,
@@ -422,17 +454,7 @@ impl Keys {
                     s[W_META] = meta(words[W_META] >> 8, STREAMING);
                     self.set(b, way, s);
                     match self.read_runs(words[W_RUNS]) {
-                        Some(runs) => {
-                            let prev = BulkPrev {
-                                end: words[W_END],
-                                body: words[W_BODY],
-                                complete: state == COMPLETE,
-                                created_s: words[W_META] >> 8,
-                                runs,
-                                words,
-                            };
-                            (Bulk::Resume(t, prev), false)
-                        }
+                        Some(runs) => (Bulk::Resume(t, prev_of(words, runs)), false),
                         // Its runs were overwritten: forgotten, as if full.
                         None => {
                             self.set(b, way, streaming);

@@ -132,7 +132,8 @@ pub fn start(
 
 /// The node's `Idempotency-Key` table, with the keys of the journal's window (`journaled`).
 fn keys(config: &Config, threads: usize, journaled: bool) -> Result<crate::idem::Keys, String> {
-    let window_s = config.idempotency_window.as_secs().max(1);
+    // Whole seconds, rounded up: a key is kept at least the window.
+    let window_s = config.idempotency_window.as_millis().div_ceil(1000).max(1) as u64;
     let keys = crate::idem::Keys::new(config.idempotency_memory, window_s, threads);
     if journaled {
         let t = std::time::Instant::now();

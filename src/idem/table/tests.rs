@@ -51,9 +51,10 @@ fn a_forgotten_claim_leaves_no_trace() {
 fn keys_expire_after_the_window() {
     let k = keys();
     k.single(7, 70, 1000, (5, 0, 0));
-    assert_eq!(k.single(7, 70, 1059, (6, 0, 0)).0, Single::Replay(5));
+    // Whole seconds: kept through second 1060 (at least the window, at most a second more).
+    assert_eq!(k.single(7, 70, 1060, (6, 0, 0)).0, Single::Replay(5));
     assert!(matches!(
-        k.single(7, 70, 1060, (6, 0, 0)).0,
+        k.single(7, 70, 1061, (6, 0, 0)).0,
         Single::Store(_)
     ));
 }
@@ -117,10 +118,29 @@ fn a_bulk_streams_then_resumes_from_its_runs() {
     assert_eq!(prev.runs, runs);
     k.bulk_end(&t, BulkEnd::Restore(&prev));
     assert_eq!(k.single(42, 77, 1001, (1, 1, 0)).0, Single::Conflict);
-    let (Bulk::Resume(_, again), _) = k.bulk_start(42, 1002, 1) else {
+    let (Bulk::Resume(t, again), _) = k.bulk_start(42, 1002, 1) else {
         panic!("restored")
     };
     assert_eq!(again, prev);
+    // Completed: replays take no claim, so two run side by side.
+    let whole = BulkEnd::Stored {
+        end: 400,
+        body: 78,
+        complete: true,
+        created_s: 1000,
+        runs: &runs,
+        worker: 0,
+        batch: 2,
+    };
+    k.bulk_end(&t, whole);
+    let (Bulk::Replay(a), _) = k.bulk_start(42, 1003, 0) else {
+        panic!("complete")
+    };
+    let (Bulk::Replay(b), _) = k.bulk_start(42, 1003, 1) else {
+        panic!("complete, again")
+    };
+    assert_eq!(a, b);
+    assert!(a.complete && a.end == 400 && a.runs == runs);
 }
 
 #[test]
