@@ -265,7 +265,8 @@ fn a_keyed_bulk_replays_its_whole_answer_on_any_worker() {
 fn a_retry_racing_a_keyed_bulk_still_streaming_is_409() {
     let s = Server::start(&["--threads", "2"]);
     let ([mut a, mut b], p1) = one_per_worker(&s);
-    let ([_, mut a2], p2) = one_per_worker(&s);
+    let ([mut a2, _], p2) = one_per_worker(&s);
+    // `a` and `a2` are on worker 0, `b` on worker 1.
     let probes = p1 + p2;
     let (body, expect) = bulk_body("r", 300);
     let cut = body[..body.len() / 2].rfind('\n').unwrap() + 1;
