@@ -44,6 +44,7 @@ pub mod app;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod idem;
 pub mod json;
 pub mod metrics;
 pub mod server;
