@@ -27,6 +27,7 @@ fn a_retry_replays_on_the_same_connection_and_on_the_other_worker() {
         r#""a key with \"quotes\" and \\""#,
         "!#$%&'*+-.^_`|~:/?=@[]{}",
     ];
+    let mut origs = Vec::new();
     for (k, key) in keys.iter().enumerate() {
         let body = usage("replay", k);
         let (a, b) = if k % 2 == 0 {
@@ -55,6 +56,7 @@ fn a_retry_replays_on_the_same_connection_and_on_the_other_worker() {
             probes + k as u64 + 1,
             "one usage per distinct key"
         );
+        origs.push(orig);
     }
     // Same body, other key: a new usage.
     let body = usage("replay", 0);
@@ -62,9 +64,17 @@ fn a_retry_replays_on_the_same_connection_and_on_the_other_worker() {
     let again = w0.request(keyed_post(keys[0], &body));
     assert_ne!(again.json()["id"], other);
     assert_eq!(stored(&s), probes + keys.len() as u64 + 1);
-    if let Some(n) = metric(&s, "usaged_idempotency_replays_total") {
-        assert_eq!(n, (keys.len() * 7 + 1) as f64, "replays counted");
-    }
+    // `"k-1"` names the key `k-1` (src/idem/header.rs: the key is what is inside the quotes).
+    assert_replay(
+        &w1.request(keyed_post("\"k-1\"", &usage("replay", 0))),
+        &origs[0],
+    );
+    assert_eq!(stored(&s), probes + keys.len() as u64 + 1);
+    assert_eq!(
+        metric(&s, "usaged_idempotency_replays_total"),
+        Some((keys.len() * 7 + 2) as f64),
+        "replays counted"
+    );
 }
 
 #[test]
@@ -86,9 +96,7 @@ fn the_same_key_with_another_body_is_422_and_the_first_still_replays() {
     }
     assert_eq!(stored(&s), probes + 1, "a 422 stores nothing");
     assert_eq!(a.request(get(id)).json()["patientId"], "x-1");
-    if let Some(n) = metric(&s, "usaged_idempotency_conflicts_total{status=\"422\"}") {
-        assert_eq!(n, 6.0);
-    }
+    assert_eq!(metric(&s, "usaged_idempotency_reused_total"), Some(6.0));
 }
 
 #[test]
@@ -294,9 +302,7 @@ fn a_retry_racing_a_keyed_bulk_still_streaming_is_409() {
     assert_replay(&a2.request(keyed_bulk("race", &body)), &orig);
     assert_eq!(stored(&s), probes + ids.len() as u64 + 2);
     read_back(&mut a, "r", &ids);
-    if let Some(n) = metric(&s, "usaged_idempotency_conflicts_total{status=\"409\"}") {
-        assert_eq!(n, 4.0);
-    }
+    assert_eq!(metric(&s, "usaged_idempotency_in_flight_total"), Some(4.0));
 }
 
 #[test]
