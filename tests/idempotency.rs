@@ -173,21 +173,25 @@ fn a_key_whose_request_stored_nothing_is_not_remembered() {
 
 #[test]
 fn after_the_window_a_retry_is_stored_anew() {
-    let window = Duration::from_secs(1);
-    let s = Server::start(&["--idempotency-window", "1s"]);
+    // Keys are timed in whole seconds (src/idem/table.rs: expired once created second +
+    // window <= now second), so one is remembered between window - 1 s and window: a 2 s
+    // window is sure to replay for the first second.
+    let window = Duration::from_secs(2);
+    let sure = window - Duration::from_secs(1);
+    let s = Server::start(&["--idempotency-window", "2s"]);
     let mut c = s.connect();
     let body = usage("w", 1);
     let t0 = Instant::now();
     let orig = c.request(keyed_post("k", &body));
     let id = first(&orig);
     let r = c.request(keyed_post("k", &body));
-    if t0.elapsed() < window {
+    if t0.elapsed() < sure {
         assert_replay(&r, &orig);
     }
     // Past the window (expiry may be checked coarsely): retries until one is stored anew,
     // each one before it a replay; bounded.
-    std::thread::sleep(window);
-    let deadline = t0 + window * 6;
+    std::thread::sleep(sure);
+    let deadline = t0 + window * 4;
     let (fresh, t1) = loop {
         let sent = Instant::now();
         let r = c.request(keyed_post("k", &body));
@@ -197,7 +201,7 @@ fn after_the_window_a_retry_is_stored_anew() {
         assert_replay(&r, &orig);
         assert!(
             Instant::now() < deadline,
-            "key still remembered after 6x window"
+            "key still remembered after 4x window"
         );
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -208,7 +212,7 @@ fn after_the_window_a_retry_is_stored_anew() {
     assert_eq!(c.request(get(id)).status, 200);
     assert_eq!(c.request(get(id2)).status, 200);
     let r = c.request(keyed_post("k", &body));
-    if t1.elapsed() < window {
+    if t1.elapsed() < sure {
         assert_replay(&r, &fresh);
     }
 }
