@@ -431,6 +431,11 @@ impl StripeWriter {
         self.append_keyed(u, None)
     }
 
+    /// How far apart this writer's ids are (its epoch's stripes).
+    pub fn stride(&self) -> u32 {
+        self.stripes
+    }
+
     /// The id the next [`StripeWriter::append`] gives (if it stores).
     pub fn next_id(&self) -> u64 {
         self.base + ids::id_of(self.stripe, self.next, self.stripes)
