@@ -217,13 +217,6 @@ fn after_the_window_a_retry_is_stored_anew() {
     }
 }
 
-/// Valid usage lines among the complete lines of `part` (a prefix of a [`bulk_body`]).
-fn valid_lines(part: &str) -> u64 {
-    part.split_inclusive('\n')
-        .filter(|l| l.ends_with('\n') && l.contains("\"timestamp\""))
-        .count() as u64
-}
-
 /// Each `(i, id)` reads back as usage `tag-i`.
 fn read_back(c: &mut Client, tag: &str, ids: &[(usize, u64)]) {
     for &(i, id) in ids {

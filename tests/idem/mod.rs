@@ -73,6 +73,13 @@ pub fn bulk_body(tag: &str, n: usize) -> (String, Vec<Option<usize>>) {
     (body, expect)
 }
 
+/// Valid usage lines among the complete lines of `part` (a prefix of a [`bulk_body`]).
+pub fn valid_lines(part: &str) -> u64 {
+    part.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n') && l.contains("\"timestamp\""))
+        .count() as u64
+}
+
 pub const HEALTH: &str = "GET /health HTTP/1.1\r\nHost: t\r\n\r\n";
 
 /// The id of a `201`, checking `Location` names it.
