@@ -8,17 +8,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use super::{KeyMark, Keys, Run};
+use super::{Keys, Run};
 use crate::store::journal::{self, Record};
 
-/// A bulk's stored lines seen so far: the prefix through its last stored line, and the ids.
-struct BulkSeen {
-    end: u64,
-    body: u64,
-    line: u32,
-    created_s: u64,
-    runs: Vec<Run>,
-}
+/// A keyed bulk's stored lines found so far, in any order: `(line, id, stride, end, body)`.
+type BulkLines = Vec<(u32, u64, u32, u64, u64)>;
 
 /// What a rebuild found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +42,7 @@ pub fn rebuild(dir: &Path, keys: &Keys, window_s: u64) -> std::io::Result<Rebuil
     // Oldest first: a bulk resumed after a restart continues in a later segment.
     segs.sort_by_key(|s| (s.0, s.1, s.2));
     let mut found = Rebuilt::default();
-    let mut bulks: HashMap<u128, BulkSeen> = HashMap::new();
+    let mut bulks: HashMap<u128, (u64, BulkLines)> = HashMap::new();
     for (_, h, _, path) in &segs {
         let bytes = std::fs::read(path)?;
         found.segments += 1;
@@ -65,41 +59,57 @@ pub fn rebuild(dir: &Path, keys: &Keys, window_s: u64) -> std::io::Result<Rebuil
                 return;
             }
             found.keys += 1;
-            take(keys, &mut bulks, id, &m, h.stripes, now_s);
+            if m.line == 0 {
+                keys.restore_single(m.key, m.body, id, m.created_s, now_s);
+            } else {
+                let b = bulks.entry(m.key).or_insert((m.created_s, Vec::new()));
+                b.1.push((m.line, id, h.stripes, m.end, m.body));
+            }
         });
     }
-    for (key, b) in bulks {
-        keys.restore_bulk(key, (b.end, b.body), &b.runs, b.created_s);
+    for (key, (created_s, lines)) in bulks {
+        if let Some((prefix, runs)) = prefix(lines) {
+            keys.restore_bulk(key, prefix, &runs, created_s);
+        }
     }
     Ok(found)
 }
 
-fn take(
-    keys: &Keys,
-    bulks: &mut HashMap<u128, BulkSeen>,
-    id: u64,
-    m: &KeyMark,
-    stride: u32,
-    now_s: u64,
-) {
-    if m.line == 0 {
-        keys.restore_single(m.key, m.body, id, m.created_s, now_s);
-        return;
+/// A keyed bulk's stored prefix from its lines' records: its end and fingerprint (those of
+/// its last line) and its ids in line order. A bulk resumed on another worker or after a
+/// restart has lines in several stripes, read in any order, so they are sorted by line. Lines
+/// that do not form one prefix (a line twice, or an end that goes back) are not restored:
+/// the key is forgotten rather than replayed wrong.
+fn prefix(mut lines: BulkLines) -> Option<((u64, u64), Vec<Run>)> {
+    lines.sort_unstable_by_key(|l| l.0);
+    let ordered = lines.windows(2).all(|w| w[0].0 < w[1].0 && w[0].3 < w[1].3);
+    if !ordered {
+        return None;
     }
-    let b = bulks.entry(m.key).or_insert_with(|| BulkSeen {
-        end: 0,
-        body: 0,
-        line: 0,
-        created_s: m.created_s,
-        runs: Vec::new(),
-    });
-    // Lines come in order (one stripe's records are in order; a bulk resumed later is in a
-    // later segment); one out of order is not a continuation of this bulk's prefix.
-    if m.line <= b.line || m.end < b.end {
-        return;
+    let &(_, _, _, end, body) = lines.last()?;
+    let mut runs = Vec::new();
+    for &(_, id, stride, _, _) in &lines {
+        Run::push(&mut runs, id, stride);
     }
-    b.line = m.line;
-    b.end = m.end;
-    b.body = m.body;
-    Run::push(&mut b.runs, id, stride);
+    Some(((end, body), runs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_is_its_lines_in_line_order_whatever_order_they_come_in() {
+        // Lines 1 and 2 on one worker (stride 2), line 4 resumed on another after a restart.
+        let lines = vec![(4, 100, 1, 90, 7), (1, 1, 2, 30, 5), (2, 3, 2, 60, 6)];
+        let ((end, body), runs) = prefix(lines).unwrap();
+        assert_eq!((end, body), (90, 7));
+        assert_eq!(Run::nth(&runs, 0), Some(1));
+        assert_eq!(Run::nth(&runs, 1), Some(3));
+        assert_eq!(Run::nth(&runs, 2), Some(100));
+        assert_eq!(Run::nth(&runs, 3), None);
+        // A line twice, or ends that go back: not one prefix.
+        assert_eq!(prefix(vec![(1, 1, 1, 30, 5), (1, 2, 1, 30, 5)]), None);
+        assert_eq!(prefix(vec![(1, 1, 1, 30, 5), (2, 2, 1, 20, 5)]), None);
+    }
 }
