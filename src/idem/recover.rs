@@ -1,5 +1,5 @@
 //! Rebuilding the key table at start from the journal: every keyed usage's record carries its
-//! key ([`KeyMark`]). Only segments written within the window can hold a live key (a key's
+//! key ([`super::KeyMark`]). Only segments written within the window can hold a live key (a key's
 //! records are written at or after its first use), so only they are read: start-up reads the
 //! window's keyed traffic, not the whole history.
 #![forbid(unsafe_code)]
