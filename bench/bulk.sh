@@ -8,7 +8,8 @@
 # for comparison, --in-memory. Rows:
 #   single POSTs keep-alive (wrk -t1 -cCONNS, bench/post.lua) and pipelined DEPTH deep
 #   (bench/pipeline.lua); bulks of each LIST size in MB (default 1,10) of the same usage, one at
-#   a time on one connection (reused) or on a new connection each (bench/bulk.py).
+#   a time on one connection (reused) or on a new connection each (bench/bulk.py); a size past
+#   16MiB raises the server's --max-bulk-body to it.
 # Each row gets a fresh server (the journal is deleted after it) and, but with --smoke, a second
 # of keep-alive POSTs to warm up. Printed: usages/s, MB/s (request bytes sent, head and body),
 # server CPU µs per usage (utime+stime of every thread over the row, from /proc) and the usages
@@ -35,6 +36,9 @@ numbers secs runs conns depth
 [[ $sizes =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || usage
 IFS=, read -ra mbs <<<"$sizes"
 TARGET_UPS=3000000
+# --max-bulk-body: the default (16MiB), or the largest bulk when it is larger.
+limit=$((16 << 20))
+for mb in "${mbs[@]}"; do ((mb * 1000000 <= limit)) || limit=$((mb * 1000000)); done
 
 ensure_tools
 build --release
@@ -86,8 +90,8 @@ measure() {
 for run in $(seq 1 "$runs"); do
   for server in journal memory; do
     for scenario in "${scenarios[@]}"; do
-      if [[ $server == memory ]]; then start_usaged "$server_cpu" --threads 1 --in-memory
-      else start_usaged "$server_cpu" --threads 1; fi
+      if [[ $server == memory ]]; then start_usaged "$server_cpu" --threads 1 --max-bulk-body "$limit" --in-memory
+      else start_usaged "$server_cpu" --threads 1 --max-bulk-body "$limit"; fi
       ((smoke)) || warm_up "$USAGED_PORT"
       measure "$server" "$scenario"
       stop_usaged
