@@ -7,10 +7,14 @@ bulks, bytes (request bytes sent, head and body), secs, usages_s, mb_s, errors (
 non-200 answers, broken connections) and client_cpu_s (this process's own CPU time, to show
 whether the client was the limit).
 
-usage: bench/bulk.py PORT --mb N (--reuse | --new) [--secs S]
+With --streams N, N such clients run side by side (threads, each its own connection), so the
+server has a next bulk to read while it answers one: what one core stores when never idle.
+
+usage: bench/bulk.py PORT --mb N (--reuse | --new) [--secs S] [--streams N]
 """
 import argparse
 import socket
+import threading
 import time
 
 LINE = b'{"patientId":"100","timestamp":"Tue Nov 01 2016 09:11:51 GMT-0500 (CDT)","medication":"Albuterol"}\n'
@@ -48,21 +52,10 @@ def read_answer(s, buf):
     return status, bytes(body[:length]), bytearray(body[length:])
 
 
-def main():
-    a = argparse.ArgumentParser()
-    a.add_argument("port", type=int)
-    a.add_argument("--mb", type=int, required=True)
-    a.add_argument("--secs", type=float, default=5.0)
-    g = a.add_mutually_exclusive_group(required=True)
-    g.add_argument("--reuse", action="store_true")
-    g.add_argument("--new", action="store_true")
-    o = a.parse_args()
-    req, n = request_of(o.mb)
+def stream(o, req, n, end, out):
+    """One client: bulks until END; adds its (usages, bulks, errors) to OUT."""
     usages = bulks = errors = 0
     s, buf = None, bytearray()
-    c0 = time.process_time()
-    t0 = time.perf_counter()
-    end = t0 + o.secs
     while True:
         try:
             if s is None:
@@ -85,9 +78,33 @@ def main():
             s = None
         if time.perf_counter() >= end:
             break
-    secs = time.perf_counter() - t0
     if s:
         s.close()
+    out.append((usages, bulks, errors))
+
+
+def main():
+    a = argparse.ArgumentParser()
+    a.add_argument("port", type=int)
+    a.add_argument("--mb", type=int, required=True)
+    a.add_argument("--secs", type=float, default=5.0)
+    a.add_argument("--streams", type=int, default=1)
+    g = a.add_mutually_exclusive_group(required=True)
+    g.add_argument("--reuse", action="store_true")
+    g.add_argument("--new", action="store_true")
+    o = a.parse_args()
+    req, n = request_of(o.mb)
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    end = t0 + o.secs
+    out = []
+    threads = [threading.Thread(target=stream, args=(o, req, n, end, out)) for _ in range(o.streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    secs = time.perf_counter() - t0
+    usages, bulks, errors = (sum(x) for x in zip(*out))
     sent = bulks * len(req)
     print(f"usages={usages} bulks={bulks} bytes={sent} secs={secs:.3f} usages_s={usages / secs:.0f} "
           f"mb_s={sent / secs / 1e6:.1f} errors={errors} client_cpu_s={time.process_time() - c0:.3f}")

@@ -9,7 +9,8 @@
 #   single POSTs keep-alive (wrk -t1 -cCONNS, bench/post.lua) and pipelined DEPTH deep
 #   (bench/pipeline.lua); bulks of each LIST size in MB (default 1,10) of the same usage, one at
 #   a time on one connection (reused) or on a new connection each (bench/bulk.py); a size past
-#   16MiB raises the server's --max-bulk-body to it.
+#   16MiB raises the server's --max-bulk-body to it; and the largest size once more with two
+#   clients side by side (each reusing its connection), so the server never idles between bulks.
 # Each row gets a fresh server (the journal is deleted after it) and, but with --smoke, a second
 # of keep-alive POSTs to warm up. Printed: usages/s, MB/s (request bytes sent, head and body),
 # server CPU µs per usage (utime+stime of every thread over the row, from /proc) and the usages
@@ -50,6 +51,8 @@ new_results -bulk "mode=$( ((smoke)) && echo smoke || echo full): NDJSON bulks a
 
 scenarios=(keepalive pipelined)
 for mb in "${mbs[@]}"; do scenarios+=("bulk-$mb-reused" "bulk-$mb-new"); done
+# The largest size again with two clients side by side: the server never waits for a bulk.
+scenarios+=("bulk-${mbs[-1]}-two")
 
 # wire_bytes PORT: the bytes of one request of bench/post.lua (wrk.format: request line, Host,
 # Content-Type, Content-Length, blank line, body).
@@ -72,7 +75,8 @@ measure() {
     mb=${scenario#bulk-} mb=${mb%-*}
     t0=$(cpu_ticks "$USAGED_PID")
     timeout "$((secs + 60))" taskset -c "$load_cpu" python3 "$ROOT/bench/bulk.py" "$USAGED_PORT" \
-      --mb "$mb" --secs "$secs" "$([[ $scenario == *-new ]] && echo --new || echo --reuse)" >"$raw" 2>&1 || true
+      --mb "$mb" --secs "$secs" "$([[ $scenario == *-new ]] && echo --new || echo --reuse)" \
+      --streams "$([[ $scenario == *-two ]] && echo 2 || echo 1)" >"$raw" 2>&1 || true
     t1=$(cpu_ticks "$USAGED_PID")
     ups=$(field usages_s "$raw") mbps=$(field mb_s "$raw") errors=$(field errors "$raw")
     [[ -n $ups && $(field usages "$raw") != 0 ]] || ups=0 errors=1
@@ -113,7 +117,7 @@ label() {
       local mb=${1#bulk-}
       mb=${mb%-*}
       echo "bulk $mb MB ($((mb * 1000000 / 99)) lines) |" \
-        "$([[ $1 == *-new ]] && echo 'new per bulk' || echo reused)" ;;
+        "$(case $1 in *-new) echo 'new per bulk' ;; *-two) echo 'reused, 2 clients side by side' ;; *) echo reused ;; esac)" ;;
   esac
 }
 
@@ -134,8 +138,9 @@ label() {
   echo
   echo "Medians of $runs runs of ${secs} s per row; usaged --threads 1 and all its threads on CPU" \
     "$server_cpu, loaders on CPU $load_cpu. Journal: --sync interval. MB/s: request bytes sent" \
-    "(head and body). Bulks: one at a time, each answer read before the next is sent, so the" \
-    "server idles between them; usages per CPU-s (10^6 / CPU µs) is what a saturated core stores."
+    "(head and body). Bulks: one at a time per client, each answer read before the next is sent," \
+    "so with one client the server idles between them (the 2-client row does not); usages per" \
+    "CPU-s (10^6 / CPU µs) is what a saturated core stores."
   echo "Best bulk with the journal: $(num %.0f "$best") usages/s = $(ratio "$best" "$TARGET_UPS") × the" \
     "target of 3,000,000 on one core ($(awk -v b="$best" -v t="$TARGET_UPS" 'BEGIN {print (b >= t) ? "met" : "not met"}'))."
 } | tee "$OUT/summary.md"
