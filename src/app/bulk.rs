@@ -105,6 +105,10 @@ impl Lines {
             self.line_ends(&mut data[pos..], w, out, &mut k);
             return data.len();
         }
+        if self.stopped {
+            // Stopped by a line of this read: the rest is dropped unread, never answered.
+            return data.len();
+        }
         if !self.skipping && rest > MAX_LINE {
             // Too long already: answer it now and drop what is here and what follows of it.
             self.line += 1;
@@ -205,5 +209,27 @@ impl Lines {
         out.extend_from_slice(b"\",\"line\":");
         out.extend_from_slice(num.format(self.line).as_bytes());
         out.extend_from_slice(b"}\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::conn::testing::Fixture;
+
+    #[test]
+    fn a_long_partial_line_after_the_cap_adds_no_second_stopped_line() {
+        let mut f = Fixture::new();
+        let mut lines = Lines::new(4096);
+        // Tiny bad lines reach the cap; then a line too long, not yet ended, in the same read.
+        let mut data = b"x\n".repeat(200);
+        data.extend_from_slice(&[b'y'; MAX_LINE + 10]);
+        let mut out = Vec::new();
+        let took = lines.take(&mut data, false, &mut f.app.writer, &mut out, None);
+        assert_eq!(took, data.len());
+        assert!(lines.stopped);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches(STOPPED).count(), 1, "{text}");
+        assert!(!text.contains("line too long"), "{text}");
     }
 }
