@@ -1,67 +1,113 @@
 #!/usr/bin/env python3
-"""Bulk NDJSON throughput against a running usaged: usages/s and MB/s per body size, with and
-without connection reuse, and the server's CPU time per usage (utime+stime from /proc).
+"""NDJSON bulks against a running usaged for SECS seconds, one at a time (each answer read in
+full before the next bulk is sent), on one connection (--reuse) or a new one per bulk (--new).
+Every line is the usage bench/post.lua POSTs, so a bulk line and a single POST cost the server
+the same parsing. Prints one line of KEY=VALUE: usages (stored, counted from the answers),
+bulks, bytes (request bytes sent, head and body), secs, usages_s, mb_s, errors (error lines,
+non-200 answers, broken connections) and client_cpu_s (this process's own CPU time, to show
+whether the client was the limit).
 
-usage: bench/bulk.py PORT PID [--sizes 1,10] [--runs N]   (sizes in MB)
+With --streams N, N such clients run side by side (threads, each its own connection), so the
+server has a next bulk to read while it answers one: what one core stores when never idle.
+
+usage: bench/bulk.py PORT --mb N (--reuse | --new) [--secs S] [--streams N]
 """
-import argparse, os, socket, time
+import argparse
+import socket
+import threading
+import time
 
-LINE = '{"patientId":"p%07d","timestamp":"2024-01-02T03:04:05Z","medication":"Albuterol"}\n'
-
-
-def body_of(mb):
-    n = mb * 1_000_000 // len(LINE % 0)
-    return "".join(LINE % i for i in range(n)).encode(), n
+LINE = b'{"patientId":"100","timestamp":"Tue Nov 01 2016 09:11:51 GMT-0500 (CDT)","medication":"Albuterol"}\n'
 
 
-def cpu_s(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+def request_of(mb):
+    """A POST whose NDJSON body is at most MB megabytes (10^6 bytes) of whole lines."""
+    n = mb * 1_000_000 // len(LINE)
+    body = LINE * n
+    head = (b"POST /api/usages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    return head + body, n
 
 
 def read_answer(s, buf):
+    """(status, body, what came after it) of one answer whose head may start in buf."""
     while b"\r\n\r\n" not in buf:
-        buf += s.recv(1 << 20)
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    assert head.startswith(b"HTTP/1.1 200"), head
-    length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
-    while len(rest) < length:
-        rest += s.recv(1 << 20)
-    assert rest[:length].count(b'{"id":') == rest[:length].count(b"\n"), "an error line"
-    return rest[length:]
+        more = s.recv(1 << 20)
+        if not more:
+            raise ConnectionError("closed before the answer's head")
+        buf += more
+    head, rest = bytes(buf).split(b"\r\n\r\n", 1)
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    body = bytearray(rest)
+    while len(body) < length:
+        more = s.recv(max(1 << 20, length - len(body)))
+        if not more:
+            raise ConnectionError("closed inside the answer's body")
+        body += more
+    return status, bytes(body[:length]), bytearray(body[length:])
 
 
-def run(port, pid, req, n, runs, reuse):
-    s = None
-    c0, t0 = cpu_s(pid), time.perf_counter()
-    for _ in range(runs):
-        if s is None or not reuse:
+def stream(o, req, n, end, out):
+    """One client: bulks until END; adds its (usages, bulks, errors) to OUT."""
+    usages = bulks = errors = 0
+    s, buf = None, bytearray()
+    while True:
+        try:
+            if s is None:
+                s, buf = socket.create_connection(("127.0.0.1", o.port)), bytearray()
+            s.sendall(req)
+            status, body, buf = read_answer(s, buf)
+        except OSError:
+            errors += 1
+            status, body = 0, b""
+        bulks += 1
+        if status == 200:
+            ids = body.count(b'{"id":')
+            usages += ids
+            errors += n - ids
+        elif status:
+            errors += 1
+        if status != 200 or o.new:
             if s:
                 s.close()
-            s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(req)
-        read_answer(s, b"")
-    t, c = time.perf_counter() - t0, cpu_s(pid) - c0
-    s.close()
-    return n * runs / t, len(req) * runs / t / 1e6, c / (n * runs) * 1e9
+            s = None
+        if time.perf_counter() >= end:
+            break
+    if s:
+        s.close()
+    out.append((usages, bulks, errors))
 
 
 def main():
     a = argparse.ArgumentParser()
     a.add_argument("port", type=int)
-    a.add_argument("pid", type=int)
-    a.add_argument("--sizes", default="1,10")
-    a.add_argument("--runs", type=int, default=5)
+    a.add_argument("--mb", type=int, required=True)
+    a.add_argument("--secs", type=float, default=5.0)
+    a.add_argument("--streams", type=int, default=1)
+    g = a.add_mutually_exclusive_group(required=True)
+    g.add_argument("--reuse", action="store_true")
+    g.add_argument("--new", action="store_true")
     o = a.parse_args()
-    print("| body | connection | usages/s | MB/s | server CPU ns/usage |")
-    print("|---|---|---|---|---|")
-    for mb in map(int, o.sizes.split(",")):
-        body, n = body_of(mb)
-        req = (b"POST /api/usages HTTP/1.1\r\nHost: b\r\nContent-Type: application/x-ndjson\r\n"
-               b"Content-Length: %d\r\n\r\n" % len(body)) + body
-        for reuse in (True, False):
-            ups, mbs, ns = run(o.port, o.pid, req, n, o.runs, reuse)
-            print(f"| {mb} MB | {'reused' if reuse else 'new'} | {ups:,.0f} | {mbs:.1f} | {ns:.0f} |")
+    req, n = request_of(o.mb)
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    end = t0 + o.secs
+    out = []
+    threads = [threading.Thread(target=stream, args=(o, req, n, end, out)) for _ in range(o.streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    secs = time.perf_counter() - t0
+    usages, bulks, errors = (sum(x) for x in zip(*out))
+    sent = bulks * len(req)
+    print(f"usages={usages} bulks={bulks} bytes={sent} secs={secs:.3f} usages_s={usages / secs:.0f} "
+          f"mb_s={sent / secs / 1e6:.1f} errors={errors} client_cpu_s={time.process_time() - c0:.3f}")
 
 
 main()

@@ -152,6 +152,9 @@ start_usaged() {
   local data=(--data-dir "$dir")
   if [[ " $* " == *" --data-dir "* || " $* " == *" --in-memory "* ]]; then data=(); fi
   rm -rf "$dir"
+  # Emptied here, not by the background job's redirection, which may come after the first grep
+  # below: that grep would then read a previous server's line and port.
+  : >"$log"
   taskset -c "$cpu" "$bin" --port 0 --bind 127.0.0.1 "${data[@]}" "$@" 2>"$log" &
   USAGED_PID=$!
   for _ in $(seq 1 500); do

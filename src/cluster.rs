@@ -12,7 +12,8 @@
 //!
 //! Node `K` of the list is backend `nodeK` (one server) in every epoch: growing the cluster
 //! adds nodes at the end and an epoch, and never renumbers a node. Everything that is not a
-//! `GET`/`HEAD /api/usages/{digits}` goes to backend `all`, balanced over every node; a second,
+//! `GET`/`HEAD /api/usages/{digits}` goes to backend `all`, balanced over every node, but a `POST`
+//! with an `Idempotency-Key` goes to backend `keyed`, which hashes the key to one node; a second,
 //! `mode tcp` frontend (`--tcp-port`) spreads whole connections over the nodes for ingestion
 //! at a lower cost per request than `mode http`.
 #![forbid(unsafe_code)]
@@ -271,6 +272,8 @@ frontend usaged_http
     }
     out.push_str(
         "    use_backend node%[var(txn.node)] if { var(txn.node) -m found }
+    # One Idempotency-Key, one node: a retry finds the key where its first request left it.
+    use_backend keyed if METH_POST { req.hdr(Idempotency-Key) -m found }
     default_backend all
     http-response set-header X-Usaged-Server %[be_name]/%[srv_name]
 ",
@@ -303,6 +306,17 @@ fn backends(out: &mut String, h: &Haproxy) {
 # Everything but GET/HEAD of one usage: POSTs, /health, /metrics.
 backend all
     balance roundrobin
+    retry-on conn-failure
+",
+    );
+    checked_servers(out, h);
+    // POSTs with an Idempotency-Key: the same key always to the same node (a consistent hash
+    // over the nodes in rotation, so a node leaving moves only its own keys).
+    out.push_str(
+        "
+backend keyed
+    balance hdr(Idempotency-Key)
+    hash-type consistent
     retry-on conn-failure
 ",
     );

@@ -66,6 +66,10 @@ pub struct Config {
     pub ship_to: Option<Url>,
     /// `--ship-hold`: a shipper runs beside; retention keeps what its `SHIPPED` has not passed.
     pub ship_hold: bool,
+    /// How long an `Idempotency-Key` is remembered (`--idempotency-window`).
+    pub idempotency_window: Duration,
+    /// Memory for `Idempotency-Key`s (`--idempotency-memory`).
+    pub idempotency_memory: usize,
 }
 
 impl Default for Config {
@@ -292,6 +296,15 @@ struct Serve {
     #[arg(long, value_name = "SIZE", default_value = "16MiB", allow_negative_numbers = true,
           value_parser = size::<usize>(0, 1 << 30))]
     max_bulk_body: usize,
+    /// How long an Idempotency-Key is remembered after its first request (a retry within it
+    /// gets the first answer again)
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = seconds)]
+    idempotency_window: Duration,
+    /// Memory for Idempotency-Keys, all workers together (about 66 bytes a key, 1M keys in
+    /// 64MiB); when full, the keys seen longest ago are forgotten early; 64KiB to 64GiB
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", allow_negative_numbers = true,
+          value_parser = size::<usize>(1 << 16, 1 << 36))]
+    idempotency_memory: usize,
     /// Largest request line and headers (else 431), 256 to 1MiB
     #[arg(long, value_name = "SIZE", default_value = "8192", allow_negative_numbers = true,
           value_parser = size::<usize>(256, 1 << 20))]
@@ -421,6 +434,8 @@ impl Serve {
             cluster_base: self.cluster_base,
             ship_to: self.ship_to.map(Url),
             ship_hold: self.ship_hold,
+            idempotency_window: self.idempotency_window,
+            idempotency_memory: self.idempotency_memory,
         }
     }
 }

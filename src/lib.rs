@@ -32,6 +32,12 @@
 //! [`store::segments`] table, and the cache may recycle its slots; [`store::retention`]
 //! removes old segments.
 //!
+//! A `POST` with an `Idempotency-Key` ([`app::keyed`]) is looked up in the node's key table
+//! ([`idem`]) after step 4: a retry is answered as its first request was, storing nothing; a
+//! new key is claimed with the id it is about to get, and its journal record carries the key
+//! (step 5), so the key survives a crash exactly when the usage does. An NDJSON bulk
+//! ([`app::bulk`]) takes steps 4 and 5 once per line as its body streams in.
+//!
 //! Many nodes: each is started as `--node K --nodes N` and hands out only ids whose
 //! `(id − base − 1) mod N` is `K` ([`store::ids::Layout`], recorded in the data directory by
 //! [`store::identity`]); [`cluster`] writes the HAProxy configuration that sends each read to
@@ -44,6 +50,7 @@ pub mod app;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod idem;
 pub mod json;
 pub mod metrics;
 pub mod server;

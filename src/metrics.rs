@@ -82,7 +82,13 @@ const COLD_SUM_NS: usize = COLD_HIST + BUCKET_COUNT;
 /// The highest id the worker's stripe may have handed out (its durable lease); the only cell
 /// whose total is the workers' maximum, not their sum.
 pub const ID_LEASE_END: usize = COLD_SUM_NS + 1;
-const CELLS: usize = ID_LEASE_END + 1;
+/// Keyed requests answered again (`Idempotent-Replayed`), refused as in flight (`409`) or as
+/// reused with another body (`422`); keys forgotten before their window ended (table full).
+pub const KEYS_REPLAYED: usize = ID_LEASE_END + 1;
+pub const KEYS_IN_FLIGHT: usize = KEYS_REPLAYED + 1;
+pub const KEYS_REUSED: usize = KEYS_IN_FLIGHT + 1;
+pub const KEYS_FORGOTTEN: usize = KEYS_REUSED + 1;
+const CELLS: usize = KEYS_FORGOTTEN + 1;
 /// Results of `usaged_cold_reads_total` (a read that timed out counts in
 /// `usaged_timeouts_total{kind="cold"}`).
 pub const COLD_RESULTS: [&str; 3] = ["ok", "missing", "unreadable"];
@@ -94,7 +100,27 @@ const fn request_cell(route: usize, class: usize) -> usize {
 }
 
 /// The plain counters, rendered one family each: name, help, cell.
-const COUNTERS: [(&str, &str, usize); 10] = [
+const COUNTERS: [(&str, &str, usize); 14] = [
+    (
+        "usaged_idempotency_replays_total",
+        "Requests with an Idempotency-Key answered again as their first (Idempotent-Replayed).",
+        KEYS_REPLAYED,
+    ),
+    (
+        "usaged_idempotency_in_flight_total",
+        "Requests with an Idempotency-Key whose first request was still being stored (409).",
+        KEYS_IN_FLIGHT,
+    ),
+    (
+        "usaged_idempotency_reused_total",
+        "Requests with an Idempotency-Key seen with another body (422).",
+        KEYS_REUSED,
+    ),
+    (
+        "usaged_idempotency_forgotten_total",
+        "Idempotency-Keys forgotten before their window ended, to make room (table full).",
+        KEYS_FORGOTTEN,
+    ),
     (
         "usaged_access_log_dropped_lines_total",
         "Access-log lines dropped because the writer fell behind.",

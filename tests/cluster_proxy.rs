@@ -169,6 +169,30 @@ fn haproxy_sends_each_read_to_the_owner_of_its_id() {
     let a = read_response(&mut r).unwrap();
     assert_eq!(a.status, 201, "{}", a.text());
     assert!(a.header("x-usaged-server").unwrap().starts_with("all/node"));
+    // A POST with an Idempotency-Key goes to the node its key hashes to, every time: the retry
+    // finds the key there and replays the first answer.
+    let mut nodes = HashSet::new();
+    for k in 0..30 {
+        let body = usage(&format!("keyed-{k}"));
+        let keyed = post(&body).replacen(
+            "Host: t\r\n",
+            &format!("Host: t\r\nIdempotency-Key: key-{k}\r\n"),
+            1,
+        );
+        w.write_all(keyed.as_bytes()).unwrap();
+        let first = read_response(&mut r).unwrap();
+        assert_eq!(first.status, 201, "{}", first.text());
+        let served = first.header("x-usaged-server").unwrap().to_string();
+        assert!(served.starts_with("keyed/node"), "key-{k}: {served}");
+        w.write_all(keyed.as_bytes()).unwrap();
+        let again = read_response(&mut r).unwrap();
+        assert_eq!(again.status, 201, "{}", again.text());
+        assert_eq!(again.header("idempotent-replayed"), Some("true"), "key-{k}");
+        assert_eq!(again.body, first.body, "key-{k}");
+        assert_eq!(again.header("x-usaged-server"), Some(served.as_str()));
+        nodes.insert(served);
+    }
+    assert!(nodes.len() > 1, "30 keys all hashed to one node: {nodes:?}");
     drop(proxy);
 }
 

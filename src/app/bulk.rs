@@ -9,7 +9,11 @@
 use crate::json::scan;
 use crate::store::{StoreFull, StripeWriter};
 
+use super::keyed::{KeyedBulk, LineAct};
 use super::usages::json_reason;
+
+/// A keyed bulk's state and the journal batch its lines go into now (`None`: no key).
+pub type Keyed<'a> = Option<(&'a mut KeyedBulk, u64)>;
 
 /// Longest line accepted (a usage is under 300 bytes): a longer one gets an error line and the
 /// rest of it is dropped unread, so the connection never buffers more than this of a line.
@@ -76,6 +80,7 @@ impl Lines {
         last: bool,
         w: &mut StripeWriter,
         out: &mut Vec<u8>,
+        mut k: Keyed<'_>,
     ) -> usize {
         if self.stopped {
             return data.len();
@@ -86,12 +91,22 @@ impl Lines {
             let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
                 break;
             };
-            self.line_ends(&mut data[pos..pos + nl], w, out);
+            if let Some((kb, _)) = k.as_mut() {
+                kb.bytes(&data[pos..pos + nl + 1]);
+            }
+            self.line_ends(&mut data[pos..pos + nl], w, out, &mut k);
             pos += nl + 1;
         }
         let rest = data.len() - pos;
         if last && rest > 0 {
-            self.line_ends(&mut data[pos..], w, out);
+            if let Some((kb, _)) = k.as_mut() {
+                kb.bytes(&data[pos..]);
+            }
+            self.line_ends(&mut data[pos..], w, out, &mut k);
+            return data.len();
+        }
+        if self.stopped {
+            // Stopped by a line of this read: the rest is dropped unread, never answered.
             return data.len();
         }
         if !self.skipping && rest > MAX_LINE {
@@ -101,9 +116,11 @@ impl Lines {
             if self.room(out) {
                 self.error(out, "line too long");
             }
-            return data.len();
         }
         if self.skipping {
+            if let Some((kb, _)) = k.as_mut() {
+                kb.bytes(&data[pos..]);
+            }
             return data.len();
         }
         pos
@@ -111,7 +128,13 @@ impl Lines {
 
     /// A line ended (by its newline, or by the end of the body): answer it unless it is empty
     /// or is the tail of a line already answered as too long.
-    fn line_ends(&mut self, line: &mut [u8], w: &mut StripeWriter, out: &mut Vec<u8>) {
+    fn line_ends(
+        &mut self,
+        line: &mut [u8],
+        w: &mut StripeWriter,
+        out: &mut Vec<u8>,
+        k: &mut Keyed<'_>,
+    ) {
         if std::mem::take(&mut self.skipping) || self.stopped {
             return;
         }
@@ -126,14 +149,27 @@ impl Lines {
             Ok(u) => u,
             Err(e) => return self.error(out, json_reason(e)),
         };
-        match w.append(&usage) {
+        let stored = match k {
+            None => w.append(&usage),
+            Some((kb, batch)) => match kb.act(self.line) {
+                LineAct::Replay(id) => return self.id(out, id),
+                LineAct::Halted => return self.error(out, REFUSED),
+                LineAct::Mismatch => {
+                    self.stopped = true;
+                    return;
+                }
+                LineAct::Store(mark) => {
+                    let r = w.append_keyed(&usage, Some(&mark));
+                    kb.stored(r.ok(), &mark, *batch);
+                    r
+                }
+            },
+        };
+        match stored {
             Ok(id) => {
                 self.stored += 1;
                 self.last_id = id;
-                let mut num = itoa::Buffer::new();
-                out.extend_from_slice(b"{\"id\":");
-                out.extend_from_slice(num.format(id).as_bytes());
-                out.extend_from_slice(b"}\n");
+                self.id(out, id);
             }
             Err(StoreFull) if self.stored == 0 => {
                 self.refused = true;
@@ -141,6 +177,14 @@ impl Lines {
             }
             Err(StoreFull) => self.error(out, REFUSED),
         }
+    }
+
+    /// The result line of a line stored as `id`.
+    fn id(&mut self, out: &mut Vec<u8>, id: u64) {
+        let mut num = itoa::Buffer::new();
+        out.extend_from_slice(b"{\"id\":");
+        out.extend_from_slice(num.format(id).as_bytes());
+        out.extend_from_slice(b"}\n");
     }
 
     /// Whether the answer has room for the line in progress (and, after it, for the
@@ -165,5 +209,27 @@ impl Lines {
         out.extend_from_slice(b"\",\"line\":");
         out.extend_from_slice(num.format(self.line).as_bytes());
         out.extend_from_slice(b"}\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::conn::testing::Fixture;
+
+    #[test]
+    fn a_long_partial_line_after_the_cap_adds_no_second_stopped_line() {
+        let mut f = Fixture::new();
+        let mut lines = Lines::new(4096);
+        // Tiny bad lines reach the cap; then a line too long, not yet ended, in the same read.
+        let mut data = b"x\n".repeat(200);
+        data.extend_from_slice(&[b'y'; MAX_LINE + 10]);
+        let mut out = Vec::new();
+        let took = lines.take(&mut data, false, &mut f.app.writer, &mut out, None);
+        assert_eq!(took, data.len());
+        assert!(lines.stopped);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches(STOPPED).count(), 1, "{text}");
+        assert!(!text.contains("line too long"), "{text}");
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod bulk;
 pub mod health;
+pub mod keyed;
 pub mod router;
 pub mod usages;
 
@@ -28,6 +29,8 @@ pub struct Node {
     pub draining: std::sync::atomic::AtomicBool,
     /// One per worker with a journal.
     pub journals: Vec<Arc<crate::store::committer::Status>>,
+    /// The node's `Idempotency-Key`s, shared by every worker.
+    pub keys: crate::idem::Keys,
 }
 
 impl Node {
@@ -58,6 +61,10 @@ pub struct App {
     pub node: Arc<Node>,
     /// The id of the last usage created (for the access log).
     pub last_created: u64,
+    /// This worker's index (its keys name it), and the journal batch its usages go into now
+    /// (0 without a journal): set by the worker.
+    pub worker: usize,
+    pub filling: u64,
 }
 
 /// What the handler needs besides the request: where to write and how to end the answer.
@@ -81,6 +88,8 @@ impl App {
             metrics,
             node,
             last_created: 0,
+            worker: 0,
+            filling: 0,
         }
     }
 
@@ -96,10 +105,13 @@ impl App {
     ) -> Responded {
         let result = match route {
             Err(r) => Err(r),
-            Ok(Route::CreateUsage) => {
-                usages::create(&mut self.writer, body, head, a, &mut self.last_created)
-                    .map(|c| (c, 201))
-            }
+            Ok(Route::CreateUsage) => match head.key {
+                crate::idem::KeyHeader::None => {
+                    usages::create(&mut self.writer, body, head, a, &mut self.last_created)
+                        .map(|c| (c, 201))
+                }
+                _ => keyed::create(self, body, head, a),
+            },
             // Streamed by the connection (`server/conn/bulk.rs` with [`bulk`]), never whole.
             Ok(Route::CreateBulk) => Err(Reject::NotImplemented),
             Ok(Route::GetUsage(id)) => match usages::get(&self.store, id, head, a) {
@@ -205,7 +217,7 @@ pub fn reject(r: Reject, head: Option<&Head>, a: &mut Answer<'_>) -> bool {
     };
     let extra = match r {
         Reject::MethodNotAllowed(allow) => Extra::Allow(allow),
-        Reject::Busy(_) => Extra::RetryAfter(1),
+        Reject::Busy(_) | Reject::KeyInFlight => Extra::RetryAfter(1),
         _ => Extra::None,
     };
     let with_body = head.is_none_or(|h| h.method != Method::Head);

@@ -23,8 +23,16 @@ pub fn create(
     let usage = scan::scan_usage(body).map_err(|e| Reject::BadBody(json_reason(e)))?;
     let id = w
         .append(&usage)
-        .map_err(|StoreFull| Reject::Busy("cannot store usages now; retry later"))?;
+        .map_err(|StoreFull| Reject::Busy(CANNOT_STORE))?;
     *created = id;
+    Ok(created_answer(id, head, a, Extra::Location(id)))
+}
+
+/// Why a usage was not stored now (`503`).
+pub const CANNOT_STORE: &str = "cannot store usages now; retry later";
+
+/// `201` with `{"id":N}` and `extra` (its `Location`); returns whether to close.
+pub fn created_answer(id: u64, head: &Head, a: &mut Answer<'_>, extra: Extra<'_>) -> bool {
     let mut num = itoa::Buffer::new();
     let digits = num.format(id).as_bytes();
     let p = persist(head, a.force_close);
@@ -35,13 +43,13 @@ pub fn create(
         a.date.text(),
         response::JSON,
         7 + digits.len(),
-        Extra::Location(id),
+        extra,
         p,
     );
     a.out.extend_from_slice(b"{\"id\":");
     a.out.extend_from_slice(digits);
     a.out.push(b'}');
-    Ok(p == Persist::Close)
+    p == Persist::Close
 }
 
 /// The stored usage as `{"id":N,"patientId":…,"timestamp":"…","medication":"…"}`, when it is

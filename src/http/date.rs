@@ -32,6 +32,11 @@ impl DateCache {
         }
     }
 
+    /// Seconds since the Unix epoch, as of the last update.
+    pub fn secs(&self) -> u64 {
+        self.secs
+    }
+
     pub fn text(&self) -> &[u8; LEN] {
         &self.text
     }

@@ -44,6 +44,8 @@ pub struct Head {
     /// `Content-Type` is `application/x-ndjson` (any parameters): a bulk of usages, one per
     /// line, whose `Content-Length` is checked against the bulk limit instead.
     pub ndjson: bool,
+    /// Its `Idempotency-Key` (API.md "Idempotent retries").
+    pub key: crate::idem::KeyHeader,
 }
 
 /// What the buffered bytes amount to so far.
@@ -97,6 +99,7 @@ pub fn parse_head_bulk(buf: &[u8], max_header: usize, max_body: usize, max_bulk:
             expect_continue: fields.expect_continue && version == 1,
             json: fields.json,
             ndjson: fields.ndjson,
+            key: fields.key,
         }),
         Err(r) => Parsed::Reject(r),
     }
@@ -164,6 +167,7 @@ struct Fields {
     expect_continue: bool,
     json: bool,
     ndjson: bool,
+    key: crate::idem::KeyHeader,
 }
 
 /// The headers into [`Fields`]; `max_body` is `(json, bulk)`: the largest `Content-Length`
@@ -180,6 +184,7 @@ fn analyse(
         expect_continue: false,
         json: false,
         ndjson: false,
+        key: crate::idem::KeyHeader::None,
     };
     let (mut hosts, mut length, mut chunked, mut other_coding) = (0, None, false, false);
     for h in headers {
@@ -214,6 +219,8 @@ fn analyse(
             let media = value.split(|&b| b == b';').next().map_or(&b""[..], trim);
             f.json = media.eq_ignore_ascii_case(b"application/json");
             f.ndjson = media.eq_ignore_ascii_case(b"application/x-ndjson");
+        } else if name.eq_ignore_ascii_case(b"idempotency-key") {
+            f.key = f.key.and(value);
         }
     }
     if version == 1 && hosts != 1 {

@@ -23,6 +23,10 @@ pub enum Extra<'a> {
     Allow(&'a str),
     /// `Retry-After: N` (seconds)
     RetryAfter(u32),
+    /// `Location: /api/usages/{id}` and `Idempotent-Replayed: true`: a retry's answer.
+    Replayed(u64),
+    /// `Idempotent-Replayed: true` alone (a bulk's answer).
+    ReplayedBulk,
 }
 
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -58,6 +62,12 @@ pub fn head(
             out.extend_from_slice(methods.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        Extra::Replayed(id) => {
+            out.extend_from_slice(b"Location: /api/usages/");
+            out.extend_from_slice(num.format(id).as_bytes());
+            out.extend_from_slice(b"\r\nIdempotent-Replayed: true\r\n");
+        }
+        Extra::ReplayedBulk => out.extend_from_slice(b"Idempotent-Replayed: true\r\n"),
         Extra::RetryAfter(secs) => {
             out.extend_from_slice(b"Retry-After: ");
             out.extend_from_slice(num.format(secs).as_bytes());

@@ -29,6 +29,11 @@ pub enum Reject {
     Busy(&'static str),
     /// A stored usage whose journal record cannot be read back (bad bytes on disk): 500, kept.
     Unreadable,
+    /// The first request with this `Idempotency-Key` is still being stored: 409 with
+    /// `Retry-After`, kept.
+    KeyInFlight,
+    /// The `Idempotency-Key` was used with another body: 422, kept.
+    KeyReused,
 }
 
 impl Reject {
@@ -91,6 +96,16 @@ impl Reject {
                 "stored usage unreadable",
                 false,
             ),
+            Reject::KeyInFlight => (
+                b"HTTP/1.1 409 Conflict\r\n",
+                "a request with this Idempotency-Key is still being stored",
+                false,
+            ),
+            Reject::KeyReused => (
+                b"HTTP/1.1 422 Unprocessable Content\r\n",
+                "Idempotency-Key reused with a different body",
+                false,
+            ),
         }
     }
 }
@@ -117,6 +132,8 @@ mod tests {
             (Reject::VersionNotSupported, "505", true),
             (Reject::Unavailable("draining"), "503", true),
             (Reject::Busy("journal"), "503", false),
+            (Reject::KeyInFlight, "409", false),
+            (Reject::KeyReused, "422", false),
         ];
         for &(r, code, close) in rows {
             let (line, reason, c) = r.parts();

@@ -76,6 +76,7 @@ pub fn start(
         } else {
             Vec::new()
         },
+        keys: keys(config, threads, journals.is_some())?,
     });
     let journals: Vec<Option<(committer::Setup, Arc<committer::Status>)>> = match journals {
         Some(j) => j.into_iter().zip(statuses).map(Some).collect(),
@@ -88,16 +89,18 @@ pub fn start(
     let mut handles = Vec::with_capacity(threads);
     let parts = listeners.into_iter().zip(writers).zip(journals).zip(access);
     for (index, (((listener, writer), journal), access)) in parts.enumerate() {
+        let mut app = App::new(
+            Arc::clone(&store),
+            writer,
+            Arc::clone(&metrics),
+            Arc::clone(&node),
+        );
+        app.worker = index;
         let setup = worker::Setup {
             index,
             listener,
             core: cores[index],
-            app: App::new(
-                Arc::clone(&store),
-                writer,
-                Arc::clone(&metrics),
-                Arc::clone(&node),
-            ),
+            app,
             journal,
             cold: match &segments {
                 Some(s) => Box::new(Reader::new(Arc::clone(s))),
@@ -125,6 +128,32 @@ pub fn start(
         wakers,
         handles,
     })
+}
+
+/// The node's `Idempotency-Key` table, with the keys of the journal's window (`journaled`).
+fn keys(config: &Config, threads: usize, journaled: bool) -> Result<crate::idem::Keys, String> {
+    // Whole seconds, rounded up: a key is kept at least the window.
+    let window_s = config.idempotency_window.as_millis().div_ceil(1000).max(1) as u64;
+    let keys = crate::idem::Keys::new(config.idempotency_memory, window_s, threads);
+    if journaled {
+        let t = std::time::Instant::now();
+        let found =
+            crate::idem::recover::rebuild(&config.data_dir, &keys, window_s).map_err(|e| {
+                format!(
+                    "reading Idempotency-Keys from {}: {e}",
+                    config.data_dir.display()
+                )
+            })?;
+        if found.keys > 0 {
+            eprintln!(
+                "usaged: {} Idempotency-Key records from {} segments of the last {window_s} s in {} ms",
+                found.keys,
+                found.segments,
+                t.elapsed().as_millis()
+            );
+        }
+    }
+    Ok(keys)
 }
 
 /// One access-log buffer per worker with `--access-log` (`-`: standard output).

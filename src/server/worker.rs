@@ -354,6 +354,7 @@ impl Worker {
         let Some(c) = &self.committer else {
             return;
         };
+        app.filling = c.filling();
         let now = committer::clock_ms();
         let trouble = c.status().trouble() != Trouble::None
             || c.in_flight_ms(now) > STALL_MS
@@ -379,6 +380,7 @@ impl Worker {
         if let Some((batch, last_id)) = app.writer.batch_mut() {
             c.submit(batch, last_id);
         }
+        app.filling = c.filling();
         let status = c.status();
         for (cell, v) in [
             (metrics::JOURNAL_BYTES, &status.bytes_written),
@@ -396,7 +398,10 @@ impl Worker {
     fn release(&mut self, app: &mut App) {
         loop {
             if let Some(c) = &self.committer {
-                self.outbox.set_durable(c.durable());
+                let durable = c.durable();
+                self.outbox.set_durable(durable);
+                // Before the answers go: a retry of one finds its key's result written.
+                app.node.keys.set_durable(self.index, durable);
             }
             let mut ready = std::mem::take(&mut self.ready);
             self.outbox.take_ready(&mut ready);

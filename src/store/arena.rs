@@ -428,6 +428,26 @@ impl StripeWriter {
     /// Store `u` and return its id. The single place a usage enters the store: its journal
     /// record is encoded here too, into the batch the worker hands to its journal thread.
     pub fn append(&mut self, u: &Usage<'_>) -> Result<u64, StoreFull> {
+        self.append_keyed(u, None)
+    }
+
+    /// How far apart this writer's ids are (its epoch's stripes).
+    pub fn stride(&self) -> u32 {
+        self.stripes
+    }
+
+    /// The id the next [`StripeWriter::append`] gives (if it stores).
+    pub fn next_id(&self) -> u64 {
+        self.base + ids::id_of(self.stripe, self.next, self.stripes)
+    }
+
+    /// [`StripeWriter::append`] of a usage posted with an `Idempotency-Key`: `mark` goes into
+    /// its journal record (in the same record, so both are durable or neither is).
+    pub fn append_keyed(
+        &mut self,
+        u: &Usage<'_>,
+        mark: Option<&super::journal::KeyMark>,
+    ) -> Result<u64, StoreFull> {
         let slot = self.next;
         let id = self.base + ids::id_of(self.stripe, slot, self.stripes);
         if !self.accepting || id >= ids::MAX_ID {
@@ -443,7 +463,7 @@ impl StripeWriter {
             self.stripe().link.want_seal.store(true, Ordering::Relaxed);
         }
         if let Some(b) = &mut self.batch {
-            super::journal::encode(b, id, u);
+            super::journal::encode_keyed(b, id, u, mark);
         }
         self.last_id = id;
         Ok(id)

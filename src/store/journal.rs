@@ -2,7 +2,7 @@
 //! file comes into existence. The journal thread that writes them is [`super::committer`];
 //! recovery ([`super::recover`]) reads them back.
 //!
-//! # Format (version 2; version 1 is still read)
+//! # Format (version 3; versions 1 and 2 are still read)
 //!
 //! A segment is a file `e{base}-s{stripes}-w{stripe}-{seq:06}.seg` in the data directory:
 //!
@@ -18,6 +18,10 @@
 //!   `u64`, instant in epoch milliseconds `i64`, UTC offset in minutes `i16`, patient kind `u8`
 //!   (0 number, 1 string, 2 lease), patient length `u8`, medication length `u8`, the patient (a
 //!   `u64` for a number, else its UTF-8 bytes), the medication's UTF-8 bytes.
+//! - a **keyed** usage (kind 0 or 1 plus [`KEYED`], version 3) carries [`TRAILER`] more bytes
+//!   after the medication: its `Idempotency-Key` in one record with the usage, so the two
+//!   reach the disk together or not at all ([`KeyMark`]: key fingerprint `u128`, created
+//!   `u64` (unix seconds), body bytes covered `u64`, their fingerprint `u64`, bulk line `u32`).
 //! - a **lease** record (kind 2, both lengths 0) says "this stripe may hand out ids up to `id`".
 //!   The journal thread writes and syncs one before the first id past the previous lease is
 //!   acknowledged, at the start of every segment, and a last one equal to the last id written
@@ -37,7 +41,7 @@ use std::path::{Path, PathBuf};
 use crate::json::scan::{Patient, Usage};
 
 pub const MAGIC: &[u8; 8] = b"USAGEDJ1";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Where each field of a segment header lies (see the format above).
 mod header_at {
@@ -78,8 +82,11 @@ pub const FIXED_PAYLOAD: usize = payload_at::MED_LEN + 1;
 /// Longest string (patient id, medication), in bytes: the API's limit, from the one constant
 /// that the request scanner enforces.
 pub const MAX_STR: usize = crate::json::scan::MAX_STR;
-/// Largest payload: fixed fields, a patient and a medication of `MAX_STR` bytes each.
-pub const MAX_PAYLOAD: usize = FIXED_PAYLOAD + MAX_STR + MAX_STR;
+/// The idempotency trailer of a keyed usage's payload ([`KeyMark`]).
+pub const TRAILER: usize = 16 + 8 + 8 + 8 + 4;
+/// Largest payload: fixed fields, a patient and a medication of `MAX_STR` bytes each, and a
+/// key trailer.
+pub const MAX_PAYLOAD: usize = FIXED_PAYLOAD + MAX_STR + MAX_STR + TRAILER;
 // String lengths are one byte each, payload lengths two.
 const _: () = assert!(MAX_STR <= u8::MAX as usize && MAX_PAYLOAD <= u16::MAX as usize);
 /// The shortest framed record (a lease).
@@ -92,6 +99,44 @@ pub const MAX_STRIPES: u32 = 4096;
 const KIND_NUM: u8 = 0;
 const KIND_STR: u8 = 1;
 const KIND_LEASE: u8 = 2;
+/// Or'ed into a usage's kind: its payload ends with a key trailer ([`KeyMark`]).
+pub const KEYED: u8 = 0x80;
+
+/// The `Idempotency-Key` a usage was stored under, journaled in its record (see the format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyMark {
+    /// The key's fingerprint (`crate::idem::key_fingerprint`).
+    pub key: u128,
+    /// When the key was first used (unix seconds): it is remembered for the window from then.
+    pub created_s: u64,
+    /// Body bytes this record's request had covered once it was stored: the whole body of a
+    /// single post, or the body of a bulk through this usage's line (its newline included).
+    pub end: u64,
+    /// The fingerprint of those `end` bytes.
+    pub body: u64,
+    /// `0` for a single post; else the usage's line in its bulk (1-based).
+    pub line: u32,
+}
+
+impl KeyMark {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.key.to_le_bytes());
+        out.extend_from_slice(&self.created_s.to_le_bytes());
+        out.extend_from_slice(&self.end.to_le_bytes());
+        out.extend_from_slice(&self.body.to_le_bytes());
+        out.extend_from_slice(&self.line.to_le_bytes());
+    }
+
+    fn decode(t: &[u8; TRAILER]) -> KeyMark {
+        KeyMark {
+            key: u128::from_le_bytes(t[0..16].try_into().expect("16 bytes")),
+            created_s: u64_at(t, 16..24),
+            end: u64_at(t, 24..32),
+            body: u64_at(t, 32..40),
+            line: u32_at(t, 40..44),
+        }
+    }
+}
 
 /// When the journal is flushed to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,11 +198,11 @@ impl Header {
         let crc = u32_at(b, header_at::CRC);
         match u32_at(b, header_at::VERSION) {
             1 if crc == 0 => {}
-            2 if crc == header_crc(&b[..HEADER_LEN]) => {}
-            2 => return Err("header checksum mismatch".into()),
+            2 | 3 if crc == header_crc(&b[..HEADER_LEN]) => {}
+            2 | 3 => return Err("header checksum mismatch".into()),
             v => {
                 return Err(format!(
-                    "journal format version {v} (this build reads 1 and 2)"
+                    "journal format version {v} (this build reads 1 to 3)"
                 ));
             }
         }
@@ -259,6 +304,12 @@ impl Fixed {
 /// Append the framed record of usage `id` to `out`. Its strings are at most [`MAX_STR`] bytes
 /// (the scanner's limit).
 pub fn encode(out: &mut Vec<u8>, id: u64, u: &Usage<'_>) {
+    encode_keyed(out, id, u, None);
+}
+
+/// [`encode`], with the key trailer `mark` when the usage was posted with an
+/// `Idempotency-Key`.
+pub fn encode_keyed(out: &mut Vec<u8>, id: u64, u: &Usage<'_>, mark: Option<&KeyMark>) {
     debug_assert!(u.medication.len() <= MAX_STR, "medication within MAX_STR");
     // One capacity check for the whole record (on the hot path: once per stored usage).
     out.reserve(FRAME_LEN + MAX_PAYLOAD);
@@ -273,13 +324,16 @@ pub fn encode(out: &mut Vec<u8>, id: u64, u: &Usage<'_>) {
         id,
         ms: u.timestamp.ms,
         offset_min: u.timestamp.offset_min,
-        kind,
+        kind: if mark.is_some() { kind | KEYED } else { kind },
         patient_len: patient.len() as u8,
         med_len: u.medication.len() as u8,
     };
     out.extend_from_slice(&fixed.encode());
     out.extend_from_slice(patient);
     out.extend_from_slice(u.medication);
+    if let Some(m) = mark {
+        m.encode(out);
+    }
     frame(out, at);
 }
 
@@ -368,13 +422,15 @@ pub fn decode(b: &[u8]) -> Result<(Record<'_>, usize), Bad> {
     let (fixed, strings) = p
         .split_first_chunk::<FIXED_PAYLOAD>()
         .expect("len >= FIXED_PAYLOAD");
-    let f = Fixed::decode(fixed);
+    let mut f = Fixed::decode(fixed);
     let (plen, mlen) = (usize::from(f.patient_len), usize::from(f.med_len));
-    if f.id == 0 || f.id >= crate::store::ids::MAX_ID || f.payload_len() != len {
+    let trailer = if f.kind & KEYED != 0 { TRAILER } else { 0 };
+    f.kind &= !KEYED;
+    if f.id == 0 || f.id >= crate::store::ids::MAX_ID || f.payload_len() + trailer != len {
         return Err(Bad::Corrupt);
     }
     if f.kind == KIND_LEASE {
-        return if plen == 0 && mlen == 0 {
+        return if plen == 0 && mlen == 0 && trailer == 0 {
             Ok((Record::Lease(f.id), FRAME_LEN + len))
         } else {
             Err(Bad::Corrupt)
@@ -383,7 +439,7 @@ pub fn decode(b: &[u8]) -> Result<(Record<'_>, usize), Bad> {
     if mlen == 0 || mlen > MAX_STR || plen > MAX_STR {
         return Err(Bad::Corrupt);
     }
-    let (patient, medication) = strings.split_at(plen);
+    let (patient, medication) = strings[..plen + mlen].split_at(plen);
     let patient = match f.kind {
         KIND_NUM if plen == 8 => {
             Patient::Num(u64::from_le_bytes(patient.try_into().expect("8 bytes")))
@@ -401,6 +457,19 @@ pub fn decode(b: &[u8]) -> Result<(Record<'_>, usize), Bad> {
         medication,
     };
     Ok((Record::Usage { id: f.id, usage }, FRAME_LEN + len))
+}
+
+/// The key trailer of the record at the start of `b` (a whole record, as [`decode`] found
+/// it), if it is a keyed usage's. Its fields are bounded by whoever uses them
+/// (`crate::idem`).
+pub fn key_mark(b: &[u8]) -> Option<KeyMark> {
+    let (_, n) = decode(b).ok()?;
+    let p = &b[FRAME_LEN..n];
+    if p[payload_at::KIND] & KEYED == 0 {
+        return None;
+    }
+    let t = p[p.len() - TRAILER..].try_into().expect("TRAILER bytes");
+    Some(KeyMark::decode(t))
 }
 
 /// How a segment's records end.

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 use super::{Conn, Ctx, Pending, refuse};
+use crate::app::keyed::KeyedBulk;
 use crate::app::{self, Route, bulk::Lines};
 use crate::http::chunked::{ChunkError, Progress};
 use crate::http::request::Framing;
@@ -29,11 +30,12 @@ const KEEP_OUT: usize = 64 << 10;
 pub(super) const BULK_DRIVE: usize = 1 << 20;
 
 /// Where a bulk is between reads.
-#[derive(Debug, Clone, Copy)]
 pub(super) struct Bulk {
     lines: Lines,
     /// Body bytes taken so far (a `Content-Length` body).
     taken: usize,
+    /// Its `Idempotency-Key`'s state, if it has one.
+    keyed: Option<Box<KeyedBulk>>,
 }
 
 impl Conn {
@@ -43,11 +45,17 @@ impl Conn {
         let cap = app::bulk::answer_cap(ctx.limits.max_bulk);
         let mut b = self.bulk.take().unwrap_or_else(|| {
             self.bulk_out.clear();
+            let keyed = KeyedBulk::start(ctx.app, p.head.key, ctx.date.secs());
+            let mut lines = Lines::new(cap);
+            // Refused at the head: the body is read and dropped.
+            lines.stopped = keyed.as_ref().is_some_and(|k| k.verdict.is_some());
             Bulk {
-                lines: Lines::new(cap),
+                lines,
                 taken: 0,
+                keyed,
             }
         });
+        let batch = ctx.app.filling;
         let head_len = p.head.len;
         self.bulk_drive += self.input.len() - head_len;
         let w = &mut ctx.app.writer;
@@ -56,9 +64,10 @@ impl Conn {
                 let region = &mut self.input.unread_mut()[head_len..];
                 let avail = region.len().min(n - b.taken);
                 let last = b.taken + avail == n;
+                let kb = b.keyed.as_deref_mut().map(|k| (k, batch));
                 let k = b
                     .lines
-                    .take(&mut region[..avail], last, w, &mut self.bulk_out);
+                    .take(&mut region[..avail], last, w, &mut self.bulk_out, kb);
                 if last {
                     Some(head_len + avail)
                 } else {
@@ -72,8 +81,9 @@ impl Conn {
                 let region = &mut self.input.unread_mut()[head_len..];
                 match p.chunked.advance(region, ctx.limits.max_bulk) {
                     Ok(Progress::Done { decoded, consumed }) => {
+                        let kb = b.keyed.as_deref_mut().map(|k| (k, batch));
                         b.lines
-                            .take(&mut region[..decoded], true, w, &mut self.bulk_out);
+                            .take(&mut region[..decoded], true, w, &mut self.bulk_out, kb);
                         Some(head_len + consumed)
                     }
                     Ok(Progress::NeedMore) => {
@@ -81,9 +91,10 @@ impl Conn {
                         self.input.cut(freed);
                         let region = &mut self.input.unread_mut()[head_len..];
                         let decoded = p.chunked.decoded();
-                        let k = b
-                            .lines
-                            .take(&mut region[..decoded], false, w, &mut self.bulk_out);
+                        let kb = b.keyed.as_deref_mut().map(|k| (k, batch));
+                        let k =
+                            b.lines
+                                .take(&mut region[..decoded], false, w, &mut self.bulk_out, kb);
                         let k = p.chunked.drop_front(region, k);
                         self.input.cut(k);
                         None
@@ -110,7 +121,7 @@ impl Conn {
                 false
             }
             Some(consumed) => {
-                self.bulk_answer(&p, b.lines, consumed, ctx);
+                self.bulk_answer(&p, b, consumed, ctx);
                 true
             }
         }
@@ -118,16 +129,29 @@ impl Conn {
 
     /// The bulk's body has ended (`consumed` bytes from its head on): `200` with its result
     /// lines (`503` if the store refused its first usage), and move past it.
-    fn bulk_answer(&mut self, p: &Pending, lines: Lines, consumed: usize, ctx: &mut Ctx<'_>) {
+    fn bulk_answer(&mut self, p: &Pending, b: Bulk, consumed: usize, ctx: &mut Ctx<'_>) {
         self.set_body(None);
         let out_before = ctx.out.len();
-        if lines.refused {
+        let lines = b.lines;
+        let keyed = b.keyed.map(|mut k| {
+            let complete = !lines.stopped && !lines.refused;
+            k.finish(complete, ctx.metrics)
+        });
+        let refused = match keyed {
+            Some(Err(r)) => Some(r),
+            _ if lines.refused => Some(Reject::Busy(app::bulk::REFUSED)),
+            _ => None,
+        };
+        if let Some(r) = refused {
             self.bulk_reset();
-            let r = Reject::Busy(app::bulk::REFUSED);
             let close = app::reject(r, Some(&p.head), &mut super::answer(ctx));
             self.answered(p, consumed, (close, r.status()), out_before, ctx);
             return;
         }
+        let extra = match keyed {
+            Some(Ok(true)) => Extra::ReplayedBulk,
+            _ => Extra::None,
+        };
         let persist = app::persist(&p.head, ctx.draining);
         response::head(
             ctx.out,
@@ -135,7 +159,7 @@ impl Conn {
             ctx.date.text(),
             response::NDJSON,
             self.bulk_out.len(),
-            Extra::None,
+            extra,
             persist,
         );
         ctx.out.extend_from_slice(&self.bulk_out);

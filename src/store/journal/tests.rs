@@ -272,7 +272,7 @@ fn bytes_are_the_documented_format() {
         base: 0x0102_0304_0506,
     };
     let mut want = b"USAGEDJ1".to_vec();
-    for v in [2u32, 3, 2] {
+    for v in [3u32, 3, 2] {
         want.extend_from_slice(&v.to_le_bytes());
     }
     let crc = crc32c::crc32c_append(crc32c::crc32c(&want), &h.base.to_le_bytes());
@@ -303,4 +303,37 @@ fn bytes_are_the_documented_format() {
     got.clear();
     encode_lease(&mut got, 77);
     assert_eq!(got, payload(77, 0, 0, 2, b"", b""));
+
+    // A keyed usage: kind | 0x80, the trailer after the medication, all under one checksum.
+    let mark = KeyMark {
+        key: 0x0011_2233_4455_6677_8899_aabb_ccdd_eeff,
+        created_s: 1_700_000_000,
+        end: 123,
+        body: 0xdead_beef,
+        line: 4,
+    };
+    let mut trailer = mark.key.to_le_bytes().to_vec();
+    for v in [mark.created_s, mark.end, mark.body] {
+        trailer.extend_from_slice(&v.to_le_bytes());
+    }
+    trailer.extend_from_slice(&4u32.to_le_bytes());
+    let mut b = 9u64.to_le_bytes().to_vec();
+    b.extend_from_slice(&(-5i64).to_le_bytes());
+    b.extend_from_slice(&(-300i16).to_le_bytes());
+    b.extend_from_slice(&[0x80, 8, 1]);
+    b.extend_from_slice(&42u64.to_le_bytes());
+    b.push(b'A');
+    b.extend_from_slice(&trailer);
+    let mut want = (b.len() as u16).to_le_bytes().to_vec();
+    want.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
+    want.extend_from_slice(&b);
+    got.clear();
+    encode_keyed(&mut got, 9, &num, Some(&mark));
+    assert_eq!(got, want);
+    let (r, n) = decode(&got).expect("a keyed record decodes");
+    assert_eq!((r, n), (Record::Usage { id: 9, usage: num }, got.len()));
+    assert_eq!(key_mark(&got), Some(mark));
+    got.clear();
+    encode(&mut got, 9, &num);
+    assert_eq!(key_mark(&got), None);
 }
