@@ -1,7 +1,8 @@
 //! Rebuilding the key table at start from the journal: every keyed usage's record carries its
 //! key ([`super::KeyMark`]). Only segments written within the window can hold a live key (a key's
-//! records are written at or after its first use), so only they are read: start-up reads the
-//! window's keyed traffic, not the whole history.
+//! records are written at or after its first use), and of those only the ones whose index
+//! counts a keyed record, or that have no valid index (the segments still open): start-up reads
+//! the window's keyed traffic and each stripe's open segment, not the whole history.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -9,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::{Keys, Run};
+use crate::store::index;
 use crate::store::journal::{self, Record};
 
 /// A keyed bulk's stored lines found so far, in any order: `(line, id, stride, end, body)`.
@@ -17,7 +19,9 @@ type BulkLines = Vec<(u32, u64, u32, u64, u64)>;
 /// What a rebuild found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Rebuilt {
+    /// Segments read, and segments of the window skipped because their index counts no key.
     pub segments: usize,
+    pub unkeyed: usize,
     pub keys: usize,
 }
 
@@ -28,20 +32,28 @@ pub fn rebuild(dir: &Path, keys: &Keys, window_s: u64) -> std::io::Result<Rebuil
         .checked_sub(Duration::from_secs(window_s.saturating_add(1)))
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let mut segs = Vec::new();
+    let mut found = Rebuilt::default();
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         let name = e.file_name();
         let Some((h, seq)) = name.to_str().and_then(journal::parse_name) else {
             continue;
         };
-        let modified = e.metadata()?.modified()?;
-        if modified >= since {
-            segs.push((modified, h, seq, e.path()));
+        let meta = e.metadata()?;
+        let modified = meta.modified()?;
+        if modified < since {
+            continue;
         }
+        // A sealed segment whose index counts no keyed record need not be read.
+        let idx = dir.join(index::index_name(&h, seq));
+        if index::read_meta(&idx, meta.len()).is_ok_and(|m| m.keyed == 0) {
+            found.unkeyed += 1;
+            continue;
+        }
+        segs.push((modified, h, seq, e.path()));
     }
     // Oldest first: a bulk resumed after a restart continues in a later segment.
     segs.sort_by_key(|s| (s.0, s.1, s.2));
-    let mut found = Rebuilt::default();
     let mut bulks: HashMap<u128, (u64, BulkLines)> = HashMap::new();
     for (_, h, _, path) in &segs {
         let bytes = std::fs::read(path)?;

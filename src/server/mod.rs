@@ -146,9 +146,11 @@ fn keys(config: &Config, threads: usize, journaled: bool) -> Result<crate::idem:
             })?;
         if found.keys > 0 {
             eprintln!(
-                "usaged: {} Idempotency-Key records from {} segments of the last {window_s} s in {} ms",
+                "usaged: {} Idempotency-Key records from {} segments of the last {window_s} s \
+                 ({} more without keys skipped by their index) in {} ms",
                 found.keys,
                 found.segments,
+                found.unkeyed,
                 t.elapsed().as_millis()
             );
         }

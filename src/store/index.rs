@@ -4,16 +4,18 @@
 //! changed by it; an index is derived data: a missing or invalid one is rebuilt from its
 //! segment ([`Builder::from_segment`]), never a reason to distrust the segment.
 //!
-//! # Format (version 1)
+//! # Format (version 2; version 1 is still read)
 //!
 //! All integers little-endian. A header of [`HEADER_LEN`] (96) bytes: magic `USAGEDX1`,
-//! version `u32` (1), stride `u32` (32), stripes `u32`, stripe `u32`, epoch base `u64`, seq
+//! version `u32` (2), stride `u32` (32), stripes `u32`, stripe `u32`, epoch base `u64`, seq
 //! `u32` (these four as in the segment's name), CRC32C `u32` of the entries, first slot `u64`
 //! (of the segment's first usage in its stripe), records `u64` (usage records; leases are not
 //! counted), data length `u64` (the segment's length the index covers), last id `u64` (0:
 //! none), lease `u64` (the segment's last lease record, 0: none), sealed at `u64` (wall clock,
-//! Unix ms), CRC32C `u32` of bytes `0..88`, four zero bytes. Then `ceil(records / 32)` entries,
-//! one `u64` each: entry *k* is the segment offset of usage record *32k*.
+//! Unix ms), CRC32C `u32` of bytes `0..88` and `92..96`, keyed `u32` (usage records that carry
+//! an `Idempotency-Key`, at most `u32::MAX`; version 1: four zero bytes, the CRC of `0..88`
+//! only, and no keyed record, as the builds that wrote it had none). Then `ceil(records / 32)`
+//! entries, one `u64` each: entry *k* is the segment offset of usage record *32k*.
 //!
 //! An index is valid iff magic, version, header checksum and bounds hold, its name agrees with
 //! its header, and its data length is the segment's length ([`read_meta`]: one read of 96
@@ -35,7 +37,7 @@ use super::journal::{self, Header, MAX_STRIPES, MIN_RECORD, Record, u32_at, u64_
 use crate::json::scan::Usage;
 
 pub const MAGIC: &[u8; 8] = b"USAGEDX1";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// One entry per this many usage records.
 pub const STRIDE: u32 = 32;
 
@@ -59,10 +61,20 @@ mod header_at {
     pub const SEALED_MS: Range<usize> = 80..88;
     /// CRC32C of every byte before it.
     pub const CRC: Range<usize> = 88..92;
-    /// Zero.
-    pub const PAD: Range<usize> = 92..96;
+    /// Keyed usage records (version 1: zero).
+    pub const KEYED: Range<usize> = 92..96;
 }
-pub const HEADER_LEN: usize = header_at::PAD.end;
+pub const HEADER_LEN: usize = header_at::KEYED.end;
+
+/// The header checksum of `version`: of bytes `0..88`, and for version 2 `92..96` too.
+fn header_crc(h: &[u8], version: u32) -> u32 {
+    let crc = crc32c::crc32c(&h[..header_at::CRC.start]);
+    if version == 1 {
+        crc
+    } else {
+        crc32c::crc32c_append(crc, &h[header_at::KEYED])
+    }
+}
 /// Bytes per entry.
 pub const ENTRY_LEN: usize = 8;
 
@@ -95,6 +107,9 @@ pub struct Meta {
     pub lease: u64,
     /// When the segment was sealed (Unix ms).
     pub sealed_ms: u64,
+    /// Usage records that carry an `Idempotency-Key` (at start, a segment with none need not
+    /// be read for keys).
+    pub keyed: u32,
 }
 
 impl Meta {
@@ -141,7 +156,8 @@ impl Meta {
         h[header_at::LAST_ID].copy_from_slice(&self.last_id.to_le_bytes());
         h[header_at::LEASE].copy_from_slice(&self.lease.to_le_bytes());
         h[header_at::SEALED_MS].copy_from_slice(&self.sealed_ms.to_le_bytes());
-        let crc = crc32c::crc32c(&h[..header_at::CRC.start]);
+        h[header_at::KEYED].copy_from_slice(&self.keyed.to_le_bytes());
+        let crc = header_crc(&h, VERSION);
         h[header_at::CRC].copy_from_slice(&crc.to_le_bytes());
         h
     }
@@ -158,12 +174,16 @@ impl Meta {
         if &h[header_at::MAGIC] != MAGIC {
             return Err("not a usaged segment index (bad magic)".into());
         }
-        match u32_at(h, header_at::VERSION) {
-            VERSION => {}
-            v => return Err(format!("index format version {v} (this build reads 1)")),
-        }
-        if u32_at(h, header_at::CRC) != crc32c::crc32c(&h[..header_at::CRC.start])
-            || h[header_at::PAD] != [0; 4]
+        let version = match u32_at(h, header_at::VERSION) {
+            v @ (1 | 2) => v,
+            v => {
+                return Err(format!(
+                    "index format version {v} (this build reads 1 and 2)"
+                ));
+            }
+        };
+        if u32_at(h, header_at::CRC) != header_crc(h, version)
+            || (version == 1 && h[header_at::KEYED] != [0; 4])
         {
             return Err("index header checksum mismatch".into());
         }
@@ -180,6 +200,7 @@ impl Meta {
             last_id: u64_at(h, header_at::LAST_ID),
             lease: u64_at(h, header_at::LEASE),
             sealed_ms: u64_at(h, header_at::SEALED_MS),
+            keyed: u32_at(h, header_at::KEYED),
         };
         m.check_bounds(u32_at(h, header_at::STRIDE))?;
         Ok((m, u32_at(h, header_at::ENTRIES_CRC)))
@@ -196,6 +217,12 @@ impl Meta {
         }
         if k.base >= MAX_ID || self.last_id >= MAX_ID || self.lease >= MAX_ID {
             return Err("index names an id out of range".into());
+        }
+        if u64::from(self.keyed) > self.records {
+            return Err(format!(
+                "{} keyed records among {}",
+                self.keyed, self.records
+            ));
         }
         if self
             .first_slot
@@ -348,6 +375,8 @@ pub struct Builder {
     head_len: usize,
     /// Bytes of the current record still to come after its head.
     skip: u64,
+    /// Keyed usage records noted.
+    keyed: u32,
 }
 
 impl Builder {
@@ -362,6 +391,7 @@ impl Builder {
             head: [0; MIN_RECORD],
             head_len: 0,
             skip: 0,
+            keyed: 0,
         }
     }
 
@@ -371,8 +401,10 @@ impl Builder {
     pub fn from_segment(bytes: &[u8]) -> (Builder, journal::End) {
         let mut b = Builder::new();
         let end = journal::scan(bytes, |at, r| match r {
-            Record::Usage { id, .. } => b.note(at as u64, id, false),
-            Record::Lease(id) => b.note(at as u64, id, true),
+            Record::Usage { id, .. } => {
+                b.note(at as u64, id, false, journal::is_keyed(&bytes[at..]))
+            }
+            Record::Lease(id) => b.note(at as u64, id, true, false),
         });
         b.end = match end {
             journal::End::Clean => bytes.len().max(journal::HEADER_LEN),
@@ -407,18 +439,26 @@ impl Builder {
                 break; // the rest of the head comes with the next batch
             }
             let (len, id, lease) = journal::peek(&self.head);
-            self.note(at - MIN_RECORD as u64, id, lease);
+            self.note(
+                at - MIN_RECORD as u64,
+                id,
+                lease,
+                journal::is_keyed(&self.head),
+            );
             self.head_len = 0;
             self.skip = (len - MIN_RECORD) as u64;
         }
         self.end = file_offset + bytes.len() as u64;
     }
 
-    /// The record at `at` has `id` and is a lease or a usage.
-    fn note(&mut self, at: u64, id: u64, lease: bool) {
+    /// The record at `at` has `id` and is a lease or a usage, keyed or not.
+    fn note(&mut self, at: u64, id: u64, lease: bool, keyed: bool) {
         if lease {
             self.lease = id;
             return;
+        }
+        if keyed {
+            self.keyed = self.keyed.saturating_add(1);
         }
         if self.records.is_multiple_of(u64::from(STRIDE)) {
             self.entries.push(at);
@@ -477,6 +517,7 @@ impl Builder {
                 last_id: self.last_id,
                 lease: self.lease,
                 sealed_ms,
+                keyed: self.keyed,
             },
             entries: self.entries,
         }

@@ -355,6 +355,14 @@ pub fn peek(head: &[u8; MIN_RECORD]) -> (usize, u64, bool) {
     )
 }
 
+/// Whether the whole record at the start of `b` (as [`decode`] or [`peek`] found it) is a
+/// keyed usage's (its kind has [`KEYED`]).
+#[inline]
+pub fn is_keyed(b: &[u8]) -> bool {
+    b.get(FRAME_LEN + payload_at::KIND)
+        .is_some_and(|k| k & KEYED != 0)
+}
+
 /// Append a lease record: ids up to `lease` may have been handed out.
 pub fn encode_lease(out: &mut Vec<u8>, lease: u64) {
     let at = out.len();

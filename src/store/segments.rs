@@ -170,6 +170,7 @@ mod tests {
             last_id: 0,
             lease: 0,
             sealed_ms: 0,
+            keyed: 0,
         }
     }
 

@@ -86,6 +86,7 @@ fn sample(records: u64, gaps: &[u64], first_slot: u64, seq: u32) -> Sealed {
             last_id: if records > 0 { 99 } else { 0 },
             lease: 1234,
             sealed_ms: 1_700_000_000_000,
+            keyed: records.min(3) as u32,
         },
         entries,
     }
@@ -328,4 +329,63 @@ fn journal_segments_index_and_recovery_takes_rewritten_indexes() {
     for d in [a, b] {
         fs::remove_dir_all(d).unwrap();
     }
+}
+
+/// Keyed usage records are counted, whether the records come whole from a file or in batches
+/// cut anywhere, and the count survives the header.
+#[test]
+fn keyed_records_are_counted_from_the_file_and_in_batches() {
+    let mut b = KEY.encode().to_vec();
+    journal::encode_lease(&mut b, 1000);
+    let usage = Usage {
+        patient: Patient::Num(5),
+        timestamp: Timestamp {
+            ms: 1,
+            offset_min: 0,
+        },
+        medication: b"m",
+    };
+    for i in 0..7u64 {
+        let mark = journal::KeyMark {
+            key: u128::from(i) + 1,
+            created_s: 1,
+            end: 10,
+            body: 2,
+            line: 0,
+        };
+        let keyed = i % 3 == 0;
+        journal::encode_keyed(&mut b, 40 + 2 + 3 * i, &usage, keyed.then_some(&mark));
+    }
+    let (whole, end) = Builder::from_segment(&b);
+    assert_eq!(end, journal::End::Clean);
+    let mut pieces = Builder::new();
+    for (k, byte) in b[journal::HEADER_LEN..].iter().enumerate() {
+        pieces.note_batch(std::slice::from_ref(byte), (journal::HEADER_LEN + k) as u64);
+    }
+    for builder in [whole, pieces] {
+        let s = builder.seal(KEY, 0, 0, 1);
+        assert_eq!((s.meta.records, s.meta.keyed), (7, 3));
+        assert_eq!(Meta::decode(&s.encode()).unwrap().0, s.meta);
+    }
+}
+
+/// A version 1 header (checksum of bytes 0..88, four zero bytes after it) still reads, as an
+/// index without keyed records; a version 1 header with those bytes set does not, nor does a
+/// count above the records.
+#[test]
+fn a_version_1_header_reads_as_one_without_keys() {
+    let s = sample(100, &[5, 0, 7, 1], 10, 2);
+    let mut v1 = s.encode();
+    v1[header_at::VERSION].copy_from_slice(&1u32.to_le_bytes());
+    v1[header_at::KEYED].copy_from_slice(&[0; 4]);
+    let crc = crc32c::crc32c(&v1[..header_at::CRC.start]);
+    v1[header_at::CRC].copy_from_slice(&crc.to_le_bytes());
+    let (m, _) = Meta::decode(&v1).unwrap();
+    assert_eq!(m.keyed, 0);
+    assert_eq!(m.records, s.meta.records);
+    v1[header_at::KEYED].copy_from_slice(&1u32.to_le_bytes());
+    assert!(Meta::decode(&v1).is_err());
+    let mut many = s.meta;
+    many.keyed = 101;
+    assert!(Meta::decode(&many.encode(0)).is_err());
 }

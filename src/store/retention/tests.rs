@@ -28,6 +28,7 @@ fn setup(per: u32) -> (Arc<Segments>, BTreeMap<Header, Arc<StripeLink>>) {
                 last_id: (u64::from(seq) * 10 + 9) * 2 + u64::from(stripe) + 1,
                 lease: 0,
                 sealed_ms: 100 * u64::from(seq) + u64::from(stripe),
+                keyed: 0,
             };
             fs::write(segs.segment_path(&meta), b"s").unwrap();
             fs::write(segs.index_path(&meta), b"i").unwrap();
