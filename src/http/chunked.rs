@@ -45,6 +45,16 @@ pub enum ChunkError {
     TooLarge,
 }
 
+impl From<ChunkError> for crate::http::status::Reject {
+    /// A bad chunk is `400` and closes; a body past its limit is `413`.
+    fn from(e: ChunkError) -> Self {
+        match e {
+            ChunkError::Malformed => Self::BadRequest("malformed chunked body"),
+            ChunkError::TooLarge => Self::PayloadTooLarge,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Chunked {
     state: State,

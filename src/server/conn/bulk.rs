@@ -13,7 +13,7 @@
 use super::{Conn, Ctx, Pending, refuse};
 use crate::app::keyed::KeyedBulk;
 use crate::app::{self, Route, bulk::Lines};
-use crate::http::chunked::{ChunkError, Progress};
+use crate::http::chunked::Progress;
 use crate::http::request::Framing;
 use crate::http::response::{self, Extra, Persist};
 use crate::http::status::Reject;
@@ -100,10 +100,7 @@ impl Conn {
                         None
                     }
                     Err(e) => {
-                        let r = match e {
-                            ChunkError::Malformed => Reject::BadRequest("malformed chunked body"),
-                            ChunkError::TooLarge => Reject::PayloadTooLarge,
-                        };
+                        let r = Reject::from(e);
                         refuse(r, Some(&p.head), Route::label(&p.route), ctx);
                         self.close_after();
                         self.bulk_reset();

@@ -7,7 +7,7 @@ use std::io::Write;
 use super::{Conn, Ctx, OUT_HIGH, Parked, Pending, Stop, TURN_OUT_MAX, answer, refuse};
 use crate::access_log::Line;
 use crate::app::{self, Answer, Responded, Route, router};
-use crate::http::chunked::{ChunkError, Chunked, Progress};
+use crate::http::chunked::{Chunked, Progress};
 use crate::http::request::{Framing, Head, Parsed, parse_head_bulk};
 use crate::http::response;
 use crate::http::status::Reject;
@@ -125,10 +125,7 @@ impl Conn {
                         None
                     }
                     Err(e) => {
-                        let r = match e {
-                            ChunkError::Malformed => Reject::BadRequest("malformed chunked body"),
-                            ChunkError::TooLarge => Reject::PayloadTooLarge,
-                        };
+                        let r = Reject::from(e);
                         refuse(r, Some(&p.head), Route::label(&p.route), ctx);
                         self.close_after();
                         None
